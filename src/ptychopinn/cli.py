@@ -1,0 +1,413 @@
+"""``ptychopinn`` command line: simulate, check, train, infer, evaluate, demo.
+
+The seed interface (``python -m ptycho_torch.train`` / ``.inference``,
+``ptycho_train``, ``ptycho_inference``, ``ptycho_evaluate``) maps onto the same
+parsers, so one vocabulary of flags works everywhere. User errors exit with
+status 2 and one line on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ptychopinn import __version__
+from ptychopinn.errors import DataError, OutputExistsError, PtychoPINNError
+
+logger = logging.getLogger("ptychopinn")
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
+    """Add an option under each spelling given plus its dash/underscore twin."""
+    spellings: list[str] = []
+    for name in names:
+        for variant in (name, "--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+            if variant not in spellings:
+                spellings.append(variant)
+    parser.add_argument(*spellings, **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+
+
+def _hardware(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--accelerator",
+        choices=["auto", "cpu", "gpu", "cuda", "mps"],
+        default=None,
+        help="compute device (default cpu; auto picks a GPU when present)",
+    )
+    parser.add_argument("--device", dest="deprecated_device", default=None, help=argparse.SUPPRESS)
+    _flag(
+        parser,
+        "--n_images",
+        "--n_groups",
+        dest="n_groups",
+        type=_positive_int,
+        default=None,
+        help="number of groups (= patterns at gridsize 1); default: all",
+    )
+    _flag(
+        parser,
+        "--diffraction_units",
+        choices=["auto", "amplitude", "counts"],
+        default="auto",
+        help="float diffraction data are amplitudes sqrt(counts) unless 'counts' (default auto)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ptychopinn", description="Physics-informed neural network ptychography")
+    parser.add_argument("--version", action="version", version=f"ptychopinn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("simulate", help="simulate a scan and write a SPEC NPZ")
+    _common(p)
+    from ptychopinn.cli_simulate import add_simulate_arguments
+
+    add_simulate_arguments(p)
+
+    p = sub.add_parser("check", help="validate a data file and print a summary")
+    _common(p)
+    p.add_argument("file", help="scan NPZ or Ptychodus product .h5")
+    _flag(p, "--diffraction_units", choices=["auto", "amplitude", "counts"], default="auto")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("train", help="train a model; writes RUN/wts.h5.zip, checkpoints, logs")
+    _common(p)
+    add_train_arguments(p)
+
+    p = sub.add_parser("infer", help="reconstruct a scan with a trained bundle")
+    _common(p)
+    add_infer_arguments(p)
+
+    p = sub.add_parser("evaluate", help="compare a reconstruction with a reference object")
+    _common(p)
+    add_evaluate_arguments(p)
+
+    p = sub.add_parser(
+        "demo", help="simulate, train a small model, reconstruct, score (minutes on a CPU)"
+    )
+    _common(p)
+    _flag(
+        p,
+        "--output_dir",
+        default="ptychopinn_demo",
+        help="output directory (default ptychopinn_demo)",
+    )
+    _flag(
+        p,
+        "--max_epochs",
+        "--nepochs",
+        dest="max_epochs",
+        type=_positive_int,
+        default=None,
+        help="training epochs (default: the demo preset)",
+    )
+    _flag(
+        p,
+        "--gridsize",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="patterns per group along one axis",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
+    _flag(p, "--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default="cpu")
+    return parser
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    _flag(
+        p,
+        "--train_data_file",
+        "--train_data",
+        required=True,
+        help="training scan (NPZ or Ptychodus .h5)",
+    )
+    _flag(
+        p,
+        "--test_data_file",
+        "--test_data",
+        default=None,
+        help="validation scan (default: held-out groups)",
+    )
+    _flag(p, "--output_dir", required=True, help="run directory")
+    _flag(
+        p,
+        "--max_epochs",
+        "--nepochs",
+        "--epochs",
+        dest="max_epochs",
+        type=_positive_int,
+        default=None,
+        help="training epochs (default 50)",
+    )
+    _flag(
+        p,
+        "--gridsize",
+        type=int,
+        choices=[1, 2, 3, 4],
+        default=None,
+        help="patterns per group along one axis (default 1)",
+    )
+    _flag(p, "--batch_size", type=_positive_int, default=None, help="groups per batch (default 16)")
+    _flag(
+        p,
+        "--learning_rate",
+        "--lr",
+        dest="learning_rate",
+        type=_positive_float,
+        default=None,
+        help="Adam learning rate (default 1e-3)",
+    )
+    _flag(
+        p,
+        "--scheduler",
+        choices=["constant", "plateau", "cosine"],
+        default=None,
+        help="learning-rate schedule",
+    )
+    _flag(
+        p,
+        "--loss",
+        choices=["poisson", "mae"],
+        default=None,
+        help="unsupervised loss (default poisson)",
+    )
+    _flag(p, "--mode", choices=["unsupervised", "supervised"], default=None, help="training mode")
+    _flag(
+        p,
+        "--nphotons",
+        type=_positive_float,
+        default=None,
+        help="photons per pattern for the Poisson scale (default: measured from the data)",
+    )
+    _flag(
+        p,
+        "--n_filters_scale",
+        type=_positive_float,
+        default=None,
+        help="filter multiplier (default 2)",
+    )
+    _flag(
+        p,
+        "--stem_stride",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="first-conv stride (2 = cheaper)",
+    )
+    _flag(p, "--amp_activation", choices=["softplus", "sigmoid", "exp", "relu"], default=None)
+    _flag(
+        p,
+        "--probe_big",
+        action="store_true",
+        default=None,
+        help="learn the object outside the N/2 support",
+    )
+    _flag(
+        p,
+        "--probe_mask",
+        action="store_true",
+        default=None,
+        help="mask the probe with a disk of diameter N/2",
+    )
+    _flag(
+        p,
+        "--val_fraction",
+        type=float,
+        default=None,
+        help="held-out fraction without --test_data_file (0.05)",
+    )
+    _flag(
+        p,
+        "--early_stopping_patience",
+        type=_positive_int,
+        default=None,
+        help="epochs without improvement",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic algorithms"
+    )
+    _flag(
+        p,
+        "--num_workers",
+        "--num-workers",
+        dest="num_workers",
+        type=int,
+        default=None,
+        help="loader workers (0)",
+    )
+    p.add_argument("--devices", default=None, help="devices per node (int or 'auto'; default 1)")
+    _flag(p, "--num_nodes", type=_positive_int, default=None, help="nodes (default 1)")
+    p.add_argument(
+        "--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, ... (auto)"
+    )
+    p.add_argument(
+        "--precision", default=None, help="Lightning precision: 32-true, bf16-mixed, 16-mixed"
+    )
+    p.add_argument(
+        "--logger", choices=["csv", "tensorboard", "mlflow", "none"], default=None, help="(csv)"
+    )
+    _flag(p, "--disable_mlflow", action="store_true", help="same as --logger none")
+    _flag(p, "--mlflow_tracking_uri", default=None, help="MLflow URI (default: RUN/mlruns)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+    p.add_argument(
+        "--config", default=None, help="JSON config file ({'model': {...}, 'training': {...}})"
+    )
+    _hardware(p)
+
+
+def add_infer_arguments(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--model_path", required=True, help="run directory or wts.h5.zip")
+    _flag(
+        p,
+        "--test_data",
+        "--test_data_file",
+        "--data",
+        dest="test_data",
+        required=True,
+        help="scan to reconstruct",
+    )
+    _flag(p, "--output_dir", required=True, help="output directory")
+    _flag(p, "--batch_size", type=_positive_int, default=256, help="groups per forward pass (256)")
+    _flag(p, "--gridsize", type=int, default=None, help="must match the bundle's (checked)")
+    p.add_argument("--N", type=int, default=None, help="must match the bundle's (checked)")
+    _flag(
+        p,
+        "--stitch_weights",
+        choices=["support", "probe"],
+        default="support",
+        help="overlap weighting: object support or probe intensity (support)",
+    )
+    _flag(
+        p,
+        "--pixel_size_m",
+        type=_positive_float,
+        default=None,
+        help="object pixel size for FRC resolution",
+    )
+    _hardware(p)
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    _flag(
+        p, "--reconstruction", required=True, help="reconstruction.npz (or an NPZ with objectGuess)"
+    )
+    _flag(
+        p,
+        "--reference",
+        "--test_data",
+        dest="reference",
+        required=True,
+        help="NPZ holding objectGuess",
+    )
+    _flag(p, "--output_dir", required=True, help="where metrics.json and the figure go")
+    _flag(p, "--pixel_size_m", type=_positive_float, default=None, help="object pixel size (m)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING if level == logging.INFO else level)
+
+
+def _resolve_deprecated(args: argparse.Namespace) -> None:
+    device = getattr(args, "deprecated_device", None)
+    if device is not None:
+        warnings.warn("--device is deprecated; use --accelerator", FutureWarning, stacklevel=2)
+        logger.warning("--device is deprecated; use --accelerator")
+        if args.accelerator is None:
+            if device not in ("auto", "cpu", "gpu", "cuda", "mps"):
+                raise DataError(
+                    f"--device: expected one of auto, cpu, gpu, cuda, mps, got {device!r}"
+                )
+            args.accelerator = device
+
+
+def refuse_existing(out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Raise when ``out_dir`` already holds any of ``names`` and ``overwrite`` is off."""
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out_dir}: already holds {', '.join(existing)} from an earlier run; pass --overwrite"
+        )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser()
+    if prog:
+        parser.prog = prog
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        from ptychopinn import commands
+
+        _resolve_deprecated(args)
+        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except PtychoPINNError as exc:
+        if args.debug:
+            raise
+        print(f"ptychopinn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ptychopinn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def seed_main(command: str, argv: Sequence[str] | None = None) -> int:
+    """Entry for the seed scripts: ``ptycho_train`` etc. map onto a ``ptychopinn`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return main([command, *argv])
+
+
+def print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

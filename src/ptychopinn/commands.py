@@ -1,0 +1,316 @@
+"""Implementations of the ``ptychopinn`` commands (argument namespace -> work -> exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychopinn.config import Config, ModelConfig, TrainingConfig, section_from_dict
+from ptychopinn.errors import ConfigError, DataError
+
+logger = logging.getLogger("ptychopinn")
+
+
+# -- simulate ------------------------------------------------------------------------------
+def run_simulate(args: argparse.Namespace) -> int:
+    from ptychopinn.cli import refuse_existing
+    from ptychopinn.data.simulate import simulate_scan
+    from ptychopinn.io.npz import write_scan_npz
+
+    out = Path(args.output)
+    refuse_existing(out.parent, [out.name], args.overwrite)
+    probe = None
+    if args.probe_file:
+        from ptychopinn.io.npz import load_npz_arrays
+
+        arrays = load_npz_arrays(args.probe_file)
+        if "probeGuess" not in arrays:
+            raise DataError(f"{args.probe_file}: missing key 'probeGuess'; found {sorted(arrays)}")
+        probe = np.asarray(arrays["probeGuess"])
+    start = time.perf_counter()
+    scan = simulate_scan(
+        n=args.N,
+        object_kind=args.object,
+        probe_kind=args.probe,
+        scan_kind=args.scan,
+        n_positions=args.n_images,
+        step_px=args.step_px,
+        photons_per_pattern=None if args.photons == 0 else args.photons,
+        seed=args.seed,
+        probe=probe,
+        jitter_px=args.jitter_px,
+    )
+    write_scan_npz(out, scan)
+    logger.info(
+        "wrote %s: %d patterns of %dx%d, object %s, %.1f s",
+        out,
+        scan.n_patterns,
+        scan.N,
+        scan.N,
+        scan.object.shape if scan.object is not None else None,
+        time.perf_counter() - start,
+    )
+    return 0
+
+
+# -- check ---------------------------------------------------------------------------------
+def run_check(args: argparse.Namespace) -> int:
+    from ptychopinn.io.summary import summarize
+    from ptychopinn.workflows import read_scan
+
+    scan = read_scan(args.file, args.diffraction_units)
+    summary = summarize(scan)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# -- train ---------------------------------------------------------------------------------
+_MODEL_FLAGS = (
+    "gridsize",
+    "n_filters_scale",
+    "stem_stride",
+    "amp_activation",
+    "probe_big",
+    "probe_mask",
+    "mode",
+)
+_TRAINING_FLAGS = (
+    "max_epochs",
+    "batch_size",
+    "learning_rate",
+    "scheduler",
+    "loss",
+    "nphotons",
+    "n_groups",
+    "seed",
+    "val_fraction",
+    "early_stopping_patience",
+    "accelerator",
+    "num_nodes",
+    "strategy",
+    "precision",
+    "deterministic",
+    "num_workers",
+    "logger",
+    "mlflow_tracking_uri",
+    "diffraction_units",
+)
+
+
+def config_from_args(args: argparse.Namespace, n: int) -> Config:
+    """Config from an optional JSON file, overridden by the flags given, N from the data."""
+    base: dict[str, Any] = {"model": {}, "training": {}}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.config}: cannot read JSON config ({exc})") from exc
+    model = dict(base.get("model", {}))
+    training = dict(base.get("training", {}))
+    if "N" in model and model["N"] != n:
+        raise ConfigError(
+            f"{args.config}: model.N = {model['N']} but the data have {n}x{n} patterns"
+        )
+    model["N"] = n
+    for name in _MODEL_FLAGS:
+        if getattr(args, name, None) is not None:
+            model[name] = getattr(args, name)
+    for name in _TRAINING_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and not (
+            name == "diffraction_units" and value == "auto" and name in training
+        ):
+            training[name] = value
+    if args.devices is not None:
+        training["devices"] = int(args.devices) if str(args.devices).isdigit() else args.devices
+    if args.disable_mlflow:
+        training["logger"] = "none"
+    training.setdefault("accelerator", "cpu")
+    return Config(
+        model=section_from_dict(ModelConfig, model),
+        training=section_from_dict(TrainingConfig, training),
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ptychopinn.workflows import read_scan, train
+
+    units = args.diffraction_units
+    train_scan = read_scan(args.train_data_file, units)
+    val_scan = read_scan(args.test_data_file, units) if args.test_data_file else None
+    config = config_from_args(args, train_scan.N)
+    logger.info(
+        "training N=%d gridsize=%d on %d patterns (%s), %d epochs, batch %d, %s",
+        config.model.N,
+        config.model.gridsize,
+        train_scan.n_patterns,
+        train_scan.source,
+        config.training.max_epochs,
+        config.training.batch_size,
+        config.training.accelerator,
+    )
+    run = train(
+        config,
+        train_scan,
+        args.output_dir,
+        val_scan=val_scan,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    logger.info("bundle: %s", run.bundle_path)
+    logger.info(
+        "final: %s",
+        ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.metrics.items()) if isinstance(v, float)),
+    )
+    return 0
+
+
+# -- infer ---------------------------------------------------------------------------------
+INFER_OUTPUTS = (
+    "reconstruction.npz",
+    "reconstructed_amplitude.png",
+    "reconstructed_phase.png",
+    "metrics.json",
+)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from ptychopinn.cli import refuse_existing
+    from ptychopinn.workflows import load_bundle, read_scan, reconstruct, resolve_accelerator
+
+    out = Path(args.output_dir)
+    refuse_existing(out, INFER_OUTPUTS, args.overwrite)
+    accelerator = resolve_accelerator(args.accelerator or "cpu")
+    device = "cuda" if accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
+    bundle = load_bundle(args.model_path, map_location=device)
+    bundle.check_compatible(N=args.N, gridsize=args.gridsize, source=str(args.model_path))
+    scan = read_scan(args.test_data, args.diffraction_units)
+    rec = reconstruct(
+        bundle,
+        scan,
+        n_groups=args.n_groups,
+        batch_size=args.batch_size,
+        device=device,
+        weights=args.stitch_weights,
+    )
+    for path in rec.save(out):
+        logger.info("wrote %s", path)
+    if scan.object is not None:
+        metrics = write_metrics(rec, scan.object, out, args.pixel_size_m)
+        logger.info("vs objectGuess: %s", _headline(metrics))
+    return 0
+
+
+def write_metrics(
+    rec: Any, reference: np.ndarray, out: Path, pixel_size_m: float | None
+) -> dict[str, Any]:
+    from ptychopinn.evaluation import write_comparison_figure
+    from ptychopinn.io.npz import write_json
+    from ptychopinn.workflows import evaluate_reconstruction
+
+    result = evaluate_reconstruction(rec, reference, pixel_size_m)
+    metrics = result.metrics.to_dict()
+    write_json(out / "metrics.json", metrics)
+    write_comparison_figure(
+        out / "comparison.png",
+        result.aligned_reconstruction,
+        result.aligned_reference,
+        result.metrics,
+    )
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    keys = ("phase_ssim", "amplitude_ssim", "phase_mae", "frc50_rings")
+    return ", ".join(
+        f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))
+    )
+
+
+# -- evaluate ------------------------------------------------------------------------------
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ptychopinn.cli import refuse_existing
+    from ptychopinn.inference import Reconstruction
+    from ptychopinn.io.npz import load_npz_arrays
+
+    out = Path(args.output_dir)
+    refuse_existing(out, ["metrics.json", "comparison.png"], args.overwrite)
+    ref_arrays = load_npz_arrays(args.reference)
+    if "objectGuess" not in ref_arrays:
+        raise DataError(f"{args.reference}: missing key 'objectGuess' (the reference object)")
+    reference = ref_arrays["objectGuess"]
+    rec_arrays = load_npz_arrays(args.reconstruction)
+    if "object" in rec_arrays:
+        for key in ("origin_px", "coverage", "positions_px"):
+            if key not in rec_arrays:
+                raise DataError(
+                    f"{args.reconstruction}: missing key '{key}' of a reconstruction.npz"
+                )
+        meta = json.loads(str(rec_arrays["metadata"])) if "metadata" in rec_arrays else {}
+        rec = Reconstruction(
+            object=rec_arrays["object"],
+            origin_px=tuple(int(v) for v in rec_arrays["origin_px"]),  # type: ignore[arg-type]
+            coverage=rec_arrays["coverage"],
+            positions_px=rec_arrays["positions_px"],
+            metadata=meta,
+        )
+    elif "objectGuess" in rec_arrays:
+        obj = rec_arrays["objectGuess"]
+        n = int(np.asarray(rec_arrays["probeGuess"]).shape[-1]) if "probeGuess" in rec_arrays else 0
+        if "xcoords" in rec_arrays and n:
+            positions = np.stack([rec_arrays["ycoords"], rec_arrays["xcoords"]], axis=1).astype(
+                np.float64
+            )
+        else:
+            positions = np.array([[obj.shape[0] / 2, obj.shape[1] / 2]])
+            n = min(obj.shape) * 2
+        rec = Reconstruction(
+            object=obj,
+            origin_px=(0, 0),
+            coverage=np.ones(obj.shape, np.float32),
+            positions_px=positions,
+            metadata={"N": n},
+        )
+    else:
+        raise DataError(
+            f"{args.reconstruction}: expected key 'object' (reconstruction.npz) or 'objectGuess'; "
+            f"found {sorted(rec_arrays)}"
+        )
+    if np.asarray(reference).ndim != 2 or np.asarray(rec.object).ndim != 2:
+        raise DataError(
+            f"expected 2-D complex objects, got reference {np.shape(reference)} and "
+            f"reconstruction {np.shape(rec.object)}"
+        )
+    metrics = write_metrics(rec, np.asarray(reference), out, args.pixel_size_m)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+def run_demo(args: argparse.Namespace) -> int:
+    from ptychopinn.demo import run_demo as demo
+
+    metrics = demo(
+        Path(args.output_dir),
+        gridsize=args.gridsize,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        accelerator=args.accelerator,
+    )
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Data: grouping of scan positions, datasets and data module, simulated scans."""

@@ -1,0 +1,86 @@
+"""Lightning data module: groups, train/validation split, loaders."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Subset
+
+from ptychopinn.config import Config
+from ptychopinn.data.dataset import GroupDataset, Normalization
+from ptychopinn.data.grouping import group_positions
+from ptychopinn.io.scan import ScanData
+
+
+class GroupDataModule(L.LightningDataModule):
+    """Training groups from ``train_scan``; validation on ``val_scan`` or a held-out split.
+
+    Grouping is seeded, so every rank of a distributed run builds the same groups;
+    Lightning's distributed sampler then shards them.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        train_scan: ScanData,
+        normalization: Normalization,
+        val_scan: ScanData | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.train_scan = train_scan
+        self.val_scan = val_scan
+        self.normalization = normalization
+        self.train_set: GroupDataset | Subset | None = None
+        self.val_set: GroupDataset | Subset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        t, m = self.config.training, self.config.model
+        labels = m.mode == "supervised"
+        groups = group_positions(
+            self.train_scan.positions_px, m.gridsize, t.n_groups, t.seed, self.train_scan.scan_index
+        )
+        full = GroupDataset(self.train_scan, groups, self.normalization, with_labels=labels)
+        if self.val_scan is not None:
+            self.train_set = full
+            val_groups = group_positions(
+                self.val_scan.positions_px, m.gridsize, t.n_groups, t.seed, self.val_scan.scan_index
+            )
+            self.val_set = GroupDataset(
+                self.val_scan,
+                val_groups,
+                self.normalization.for_scan(self.val_scan),
+                with_labels=labels and _has_labels(self.val_scan),
+            )
+            return
+        n_val = int(round(len(full) * t.val_fraction))
+        if n_val == 0 or len(full) - n_val < 1:
+            self.train_set, self.val_set = full, None
+            return
+        order = np.random.default_rng(t.seed).permutation(len(full))
+        self.val_set = Subset(full, order[:n_val].tolist())
+        self.train_set = Subset(full, np.sort(order[n_val:]).tolist())
+
+    def _loader(self, dataset: GroupDataset | Subset, shuffle: bool) -> DataLoader:
+        t = self.config.training
+        return DataLoader(
+            dataset,
+            batch_size=t.batch_size,
+            shuffle=shuffle,
+            num_workers=t.num_workers,
+            persistent_workers=t.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set, shuffle=False)
+
+
+def _has_labels(scan: ScanData) -> bool:
+    return scan.patches is not None or scan.object is not None

@@ -1,0 +1,134 @@
+"""Normalisation of diffraction data and the dataset of pattern groups."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ptychopinn.data.grouping import Groups
+from ptychopinn.errors import DataError
+from ptychopinn.io.scan import ScanData
+from ptychopinn.physics.functional import extract_patches, intensity_scale
+
+#: Patterns held in memory as normalised float32 below this many bytes; larger scans stream.
+IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Fixed statistics that map a scan's amplitudes into the network's units.
+
+    ``amplitude_factor`` multiplies raw amplitudes sqrt(counts) so that the
+    training data have mean sum(X**2) = (N/2)**2. ``nphotons`` (default: the
+    measured mean counts per pattern) fixes the Poisson scale
+    ``s = sqrt(nphotons) / (N/2)``. ``probe_power`` is sum |probe|**2 of the raw
+    training probe, used to carry the factor over to scans with another probe.
+    """
+
+    N: int
+    amplitude_factor: float
+    nphotons: float
+    probe_power: float
+
+    @property
+    def intensity_scale(self) -> float:
+        return intensity_scale(self.nphotons, self.N)
+
+    @classmethod
+    def from_scan(cls, scan: ScanData, nphotons: float | None = None) -> Normalization:
+        mean_total = scan.mean_total_intensity()
+        if not mean_total > 0:
+            raise DataError(f"{scan.source}: diffraction: all patterns are zero")
+        n = scan.N
+        return cls(
+            N=n,
+            amplitude_factor=(n / 2) / math.sqrt(mean_total),
+            nphotons=float(nphotons) if nphotons is not None else mean_total,
+            probe_power=float(np.sum(np.abs(scan.probe) ** 2)),
+        )
+
+    def for_scan(self, scan: ScanData) -> Normalization:
+        """The same statistics carried over to another scan, rescaled by its probe power."""
+        power = float(np.sum(np.abs(scan.probe) ** 2))
+        factor = self.amplitude_factor * math.sqrt(self.probe_power / power)
+        return Normalization(self.N, factor, self.nphotons, power)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        return cls(**{k: data[k] for k in ("N", "amplitude_factor", "nphotons", "probe_power")})
+
+
+class GroupDataset(Dataset):
+    """Groups of normalised diffraction amplitudes with their local offsets.
+
+    Items are dicts:
+
+    * ``amplitude`` (C, N, N) float32, normalised
+    * ``offsets`` (C, 2) float32, (y, x) relative to the group centre
+    * ``index`` (C,) int64, pattern indices
+    * ``patches`` (C, N, N) complex64, ground-truth object patches (``with_labels`` only)
+    """
+
+    def __init__(
+        self,
+        scan: ScanData,
+        groups: Groups,
+        normalization: Normalization,
+        with_labels: bool = False,
+    ):
+        self.scan = scan
+        self.groups = groups
+        self.factor = np.float32(normalization.amplitude_factor)
+        self.with_labels = with_labels
+        n = scan.N
+        if scan.n_patterns * n * n * 4 <= IN_MEMORY_LIMIT_BYTES:
+            self._amplitude: torch.Tensor | None = torch.from_numpy(scan.amplitudes() * self.factor)
+        else:
+            self._amplitude = None
+        self._labels: torch.Tensor | None = None
+        if with_labels:
+            self._labels = torch.from_numpy(_labels(scan))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def group_amplitudes(self, rows: slice | int) -> torch.Tensor:
+        """Normalised amplitudes of groups ``rows``: (B, C, N, N), or (C, N, N) for an int."""
+        idx = self.groups.indices[rows]
+        if self._amplitude is not None:
+            return self._amplitude[torch.from_numpy(idx)]
+        flat = self.scan.amplitudes(idx.reshape(-1)) * self.factor
+        return torch.from_numpy(flat.reshape(idx.shape + flat.shape[-2:]))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        idx = self.groups.indices[i]
+        amplitude = self.group_amplitudes(i)
+        item = {
+            "amplitude": amplitude,
+            "offsets": torch.from_numpy(self.groups.offsets_px[i].astype(np.float32)),
+            "index": torch.from_numpy(idx),
+        }
+        if self._labels is not None:
+            item["patches"] = self._labels[torch.from_numpy(idx)]
+        return item
+
+
+def _labels(scan: ScanData) -> np.ndarray:
+    """Ground-truth object patches (M, N, N): ``Y`` if present, else cut from the object."""
+    if scan.patches is not None:
+        return scan.patches
+    if scan.object is None:
+        raise DataError(
+            f"{scan.source}: supervised training needs 'Y' or 'objectGuess'; neither is present"
+        )
+    obj = torch.from_numpy(scan.object)[None]
+    pos = torch.from_numpy(scan.positions_px)[None]
+    return extract_patches(obj, pos, scan.N)[0].numpy()

@@ -1,0 +1,95 @@
+"""Grouping of scan positions into gridsize**2 nearest-neighbour groups."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ptychopinn.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Pattern indices per group and positions relative to the group centre.
+
+    Shapes
+    ------
+    indices : (G, C) int64, pattern index of each member
+    centers_px : (G, 2) float64, (y, x) mean position of the group
+    offsets_px : (G, C, 2) float64, member position minus the group centre
+    """
+
+    indices: np.ndarray
+    centers_px: np.ndarray
+    offsets_px: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def group_positions(
+    positions_px: np.ndarray,
+    gridsize: int,
+    n_groups: int | None = None,
+    seed: int = 0,
+    scan_index: np.ndarray | None = None,
+) -> Groups:
+    """Form groups of ``C = gridsize**2`` nearest neighbours.
+
+    At gridsize 1 every pattern is its own group. At gridsize > 1 each group is
+    seeded at one pattern and holds it plus its ``C - 1`` nearest neighbours on
+    the same object (``scan_index``), ordered by position (row, then column).
+
+    Parameters
+    ----------
+    positions_px : (M, 2) float, (y, x)
+    gridsize : patches per group along one axis
+    n_groups : number of groups; all patterns seed a group when None or >= M.
+        A smaller number draws the seeds at random (``seed``) without replacement.
+    seed : random seed for the choice of seeds
+    scan_index : (M,) int object id per pattern, optional
+
+    Raises
+    ------
+    DataError
+        When an object has fewer than C positions.
+    """
+    positions_px = np.asarray(positions_px, dtype=np.float64)
+    m = positions_px.shape[0]
+    c = gridsize * gridsize
+    if scan_index is None:
+        scan_index = np.zeros(m, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if n_groups is None or n_groups >= m:
+        seeds = np.arange(m)
+    else:
+        seeds = np.sort(rng.choice(m, size=n_groups, replace=False))
+    if c == 1:
+        indices = seeds[:, None]
+    else:
+        indices = np.empty((len(seeds), c), dtype=np.int64)
+        for obj_id in np.unique(scan_index):
+            members = np.flatnonzero(scan_index == obj_id)
+            if len(members) < c:
+                raise DataError(
+                    f"gridsize {gridsize} needs at least {c} positions per object; "
+                    f"object {obj_id} has {len(members)}"
+                )
+            tree = cKDTree(positions_px[members])
+            rows = np.flatnonzero(scan_index[seeds] == obj_id)
+            _, nearest = tree.query(positions_px[seeds[rows]], k=c)
+            indices[rows] = members[nearest]
+        # order members by (row, column) so channel order is spatially consistent
+        pos = positions_px[indices]  # (G, C, 2)
+        order = np.lexsort((pos[..., 1], pos[..., 0]), axis=-1)
+        indices = np.take_along_axis(indices, order, axis=1)
+    pos = positions_px[indices]  # (G, C, 2)
+    centers = pos.mean(axis=1)
+    return Groups(
+        indices=indices.astype(np.int64), centers_px=centers, offsets_px=pos - centers[:, None]
+    )

@@ -1,0 +1,196 @@
+"""Inference on plain torch: bundle + scan -> stitched complex object."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ptychopinn.bundle import Bundle
+from ptychopinn.data.dataset import GroupDataset
+from ptychopinn.data.grouping import group_positions
+from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.npz import write_npz
+from ptychopinn.io.scan import ScanData
+from ptychopinn.physics.functional import square_support
+from ptychopinn.stitching import CanvasGeometry, Stitcher
+
+logger = logging.getLogger(__name__)
+
+StitchWeights = Literal["support", "probe"]
+
+
+@dataclass
+class Reconstruction:
+    """A stitched reconstruction on the object pixel grid.
+
+    Shapes
+    ------
+    object : (H, W) complex64; canvas pixel (r, c) is object pixel (r, c) + origin_px
+    coverage : (H, W) float32, summed stitching weight (0 = not reconstructed)
+    positions_px : (K, 2) float64, (y, x) object pixels of the patterns used
+    """
+
+    object: np.ndarray
+    origin_px: tuple[int, int]
+    coverage: np.ndarray
+    positions_px: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        return np.abs(self.object)
+
+    @property
+    def phase(self) -> np.ndarray:
+        return np.angle(self.object)
+
+    def on_object_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """The reconstruction pasted into an array of the object's shape (zeros elsewhere)."""
+        out = np.zeros(shape, dtype=np.complex64)
+        r0, c0 = self.origin_px
+        h, w = self.object.shape
+        src_r0, src_c0 = max(0, -r0), max(0, -c0)
+        dst_r0, dst_c0 = max(0, r0), max(0, c0)
+        dst_r1, dst_c1 = min(shape[0], r0 + h), min(shape[1], c0 + w)
+        if dst_r1 > dst_r0 and dst_c1 > dst_c0:
+            out[dst_r0:dst_r1, dst_c0:dst_c1] = self.object[
+                src_r0 : src_r0 + dst_r1 - dst_r0, src_c0 : src_c0 + dst_c1 - dst_c0
+            ]
+        return out
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write ``reconstruction.npz`` and the amplitude and phase PNGs atomically."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_npz(
+            out / "reconstruction.npz",
+            {
+                "object": self.object,
+                "amplitude": self.amplitude.astype(np.float32),
+                "phase": self.phase.astype(np.float32),
+                "coverage": self.coverage,
+                "origin_px": np.asarray(self.origin_px, dtype=np.int64),
+                "positions_px": self.positions_px,
+                "xcoords": self.positions_px[:, 1],
+                "ycoords": self.positions_px[:, 0],
+                "metadata": np.asarray(json.dumps(self.metadata)),
+            },
+        )
+        paths = [out / "reconstruction.npz"]
+        mask = self.coverage > 0
+        for name, image, cmap in (
+            ("reconstructed_amplitude.png", self.amplitude, "gray"),
+            ("reconstructed_phase.png", np.where(mask, self.phase, 0.0), "twilight"),
+        ):
+            save_image(out / name, image, cmap, mask)
+            paths.append(out / name)
+        return paths
+
+
+def save_image(path: Path, image: np.ndarray, cmap: str, mask: np.ndarray | None = None) -> None:
+    """Write a single-image PNG with a colour bar (matplotlib, Agg, atomic)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    values = image[mask] if mask is not None and mask.any() else image
+    vmin, vmax = np.percentile(values, [0.5, 99.5]) if values.size else (0, 1)
+    im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_title(path.stem.replace("_", " "))
+    fig.colorbar(im, ax=ax)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Tensor:
+    """Per-pixel patch weight (N, N): the object support, or probe intensity on it."""
+    m = bundle.config.model
+    support = square_support(m.N, m.support_px) if not m.probe_big else torch.ones(m.N, m.N)
+    if kind == "probe":
+        intensity = bundle.probe.abs().square().sum(0).cpu()
+        return support * intensity / intensity.max()
+    return support
+
+
+def predict_patches(
+    bundle: Bundle,
+    amplitude: torch.Tensor,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Network forward pass: normalised amplitudes (B, C, N, N) -> complex patches (B, C, N, N)."""
+    amp, phase = bundle.net(amplitude.to(device))
+    return torch.polar(amp, phase)
+
+
+def reconstruct(
+    bundle: Bundle,
+    scan: ScanData,
+    n_groups: int | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    weights: StitchWeights = "support",
+) -> Reconstruction:
+    """Reconstruct every pattern of ``scan`` (or ``n_groups`` groups) and stitch.
+
+    The normalisation fixed at training time is carried over (rescaled by the
+    probe power when the scan's probe differs), so inference reproduces training.
+    """
+    m = bundle.config.model
+    bundle.check_compatible(N=scan.N, source=scan.source)
+    bundle.net.to(device).eval()
+    normalization = bundle.normalization.for_scan(scan)
+    groups = group_positions(
+        scan.positions_px, m.gridsize, n_groups, bundle.config.training.seed, scan.scan_index
+    )
+    dataset = GroupDataset(scan, groups, normalization)
+    used = np.unique(groups.indices)
+    geometry = CanvasGeometry.covering(scan.positions_px[used], m.N)
+    stitcher = Stitcher(geometry, stitch_weights(bundle, weights), device=device)
+    t0 = time.perf_counter()
+    predict_s = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(groups), batch_size):
+            idx = groups.indices[start : start + batch_size]  # (B, C)
+            batch = dataset.group_amplitudes(slice(start, start + batch_size))
+            tp = time.perf_counter()
+            patches = predict_patches(bundle, batch, device)  # (B, C, N, N)
+            predict_s += time.perf_counter() - tp
+            positions = torch.from_numpy(scan.positions_px[idx.reshape(-1)])
+            stitcher.add(patches.reshape(-1, m.N, m.N), positions)
+        obj, coverage = stitcher.result()
+    elapsed = time.perf_counter() - t0
+    n_patterns = int(groups.indices.size)
+    logger.info(
+        "reconstructed %d groups (%d patches) in %.2f s (%.0f patterns/s, network %.2f s)",
+        len(groups),
+        n_patterns,
+        elapsed,
+        n_patterns / max(elapsed, 1e-9),
+        predict_s,
+    )
+    return Reconstruction(
+        object=obj.cpu().numpy().astype(np.complex64),
+        origin_px=geometry.origin_px,
+        coverage=coverage.cpu().numpy().astype(np.float32),
+        positions_px=scan.positions_px[used],
+        metadata={
+            "N": m.N,
+            "gridsize": m.gridsize,
+            "n_groups": len(groups),
+            "n_patterns": int(len(used)),
+            "stitch_weights": weights,
+            "elapsed_s": elapsed,
+            "network_s": predict_s,
+            "source": scan.source,
+            "bundle_created": bundle.manifest.get("created"),
+        },
+    )

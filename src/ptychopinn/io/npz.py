@@ -1,0 +1,205 @@
+"""Scan NPZ files (SPEC §4.1): read into :class:`ScanData`, write atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ptychopinn.errors import DataError
+from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.scan import ScanData
+
+logger = logging.getLogger(__name__)
+
+UnitsRequest = Literal["auto", "amplitude", "counts"]
+
+
+def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load every array of an NPZ without ever unpickling.
+
+    Raises
+    ------
+    DataError
+        Missing file, not an NPZ, truncated, or holding object arrays.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    if p.is_dir():
+        raise DataError(f"{p}: expected an NPZ file, got a directory")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DataError(f"{p}: expected an NPZ archive, got a single .npy array")
+            arrays = {}
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as exc:
+                    raise DataError(
+                        f"{p}: {key}: object arrays are not accepted (would need pickle)"
+                    ) from exc
+            return arrays
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{p}: not a readable NPZ file ({type(exc).__name__}: {exc})") from exc
+
+
+def scan_from_arrays(
+    arrays: dict[str, np.ndarray], source: str, units: UnitsRequest = "auto"
+) -> ScanData:
+    """Interpret SPEC §4.1 keys and build a validated :class:`ScanData`."""
+    if "diffraction" in arrays:
+        diff_key = "diffraction"
+    elif "diff3d" in arrays:
+        diff_key = "diff3d"
+    else:
+        raise DataError(
+            f"{source}: missing key 'diffraction' (or legacy 'diff3d'); found {sorted(arrays)}"
+        )
+    for key in ("xcoords", "ycoords", "probeGuess"):
+        if key not in arrays:
+            raise DataError(f"{source}: missing key '{key}'; found {sorted(arrays)}")
+    x = np.asarray(arrays["xcoords"])
+    y = np.asarray(arrays["ycoords"])
+    if x.ndim != 1 or y.shape != x.shape:
+        raise DataError(
+            f"{source}: xcoords/ycoords: expected two 1-D arrays of equal length, got shapes "
+            f"{x.shape} and {y.shape}"
+        )
+    m = x.shape[0]
+    diff = np.asarray(arrays[diff_key])
+    if diff.ndim == 3 and diff.shape[0] != m and diff.shape[2] == m:
+        logger.info("%s: %s has legacy (H, W, M) layout; transposing", source, diff_key)
+        diff = np.ascontiguousarray(np.transpose(diff, (2, 0, 1)))
+    if diff.ndim == 3 and diff.shape[0] != m:
+        raise DataError(
+            f"{source}: {diff_key}: expected {m} patterns to match xcoords, got shape {diff.shape}"
+        )
+    resolved = resolve_units(diff, units, source, diff_key)
+
+    def optional(key: str) -> Any:
+        return arrays.get(key)
+
+    def positions(xk: str, yk: str) -> np.ndarray | None:
+        if xk not in arrays and yk not in arrays:
+            return None
+        if xk not in arrays or yk not in arrays:
+            raise DataError(f"{source}: '{xk}' and '{yk}' must be given together")
+        xs, ys = np.asarray(arrays[xk]), np.asarray(arrays[yk])
+        if xs.shape != (m,) or ys.shape != (m,):
+            raise DataError(
+                f"{source}: {xk}/{yk}: expected shape ({m},), got {xs.shape} and {ys.shape}"
+            )
+        return _stack_yx(source, xk, xs, ys)
+
+    return ScanData(
+        diffraction=diff,
+        units=resolved,
+        positions_px=_stack_yx(source, "xcoords", x, y),
+        probe=arrays["probeGuess"],
+        object=optional("objectGuess"),
+        nominal_positions_px=positions("xcoords_start", "ycoords_start"),
+        scan_index=optional("scan_index"),
+        patches=optional("Y"),
+        bad_pixels=optional("bad_pixels"),
+        source=source,
+    )
+
+
+def _stack_yx(source: str, name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if x.dtype.kind not in "uif" or y.dtype.kind not in "uif":
+        raise DataError(
+            f"{source}: {name}: expected real numbers, got dtypes {x.dtype} and {y.dtype}"
+        )
+    return np.stack([y, x], axis=1).astype(np.float64)
+
+
+def resolve_units(
+    diff: Any, units: UnitsRequest, source: str, key: str
+) -> Literal["amplitude", "counts"]:
+    """Integer dtype = counts; float = amplitude unless ``units='counts'``.
+
+    Warns when float data look like counts (all whole numbers with a large maximum).
+    """
+    kind = np.dtype(diff.dtype).kind
+    if units != "auto":
+        return units
+    if kind in "iu":
+        return "counts"
+    if kind != "f":
+        return "amplitude"  # ScanData rejects the dtype with a clear message
+    sample = np.asarray(diff[: min(len(diff), 64)])
+    if sample.size and np.all(sample == np.round(sample)) and float(sample.max()) > 16:
+        logger.warning(
+            "%s: %s is float but holds whole numbers up to %g: these look like photon counts; "
+            "pass --diffraction-units counts if so (treating them as amplitudes)",
+            source,
+            key,
+            float(sample.max()),
+        )
+    return "amplitude"
+
+
+def read_npz(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> ScanData:
+    """Read a SPEC §4.1 scan NPZ."""
+    return scan_from_arrays(load_npz_arrays(path), str(path), units)
+
+
+def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
+    """The SPEC §4.1 keys for a scan (diffraction kept in its stored units)."""
+    diff = np.asarray(scan.diffraction[:])
+    out: dict[str, np.ndarray] = {
+        "diffraction": diff,
+        "xcoords": scan.positions_px[:, 1],
+        "ycoords": scan.positions_px[:, 0],
+        "probeGuess": scan.probe[0] if scan.n_probe_modes == 1 else scan.probe,
+        "scan_index": scan.scan_index,
+    }
+    if scan.nominal_positions_px is not None:
+        out["xcoords_start"] = scan.nominal_positions_px[:, 1]
+        out["ycoords_start"] = scan.nominal_positions_px[:, 0]
+    if scan.object is not None:
+        out["objectGuess"] = scan.object
+    if scan.patches is not None:
+        out["Y"] = scan.patches
+    if scan.bad_pixels is not None:
+        out["bad_pixels"] = scan.bad_pixels
+    return out
+
+
+def write_npz(
+    path: str | os.PathLike[str], arrays: dict[str, np.ndarray], compress: bool = False
+) -> None:
+    """Write arrays to an NPZ atomically (temporary name, then rename)."""
+    with atomic_path(path) as tmp:
+        (np.savez_compressed if compress else np.savez)(tmp, **arrays)
+
+
+def write_scan_npz(path: str | os.PathLike[str], scan: ScanData) -> None:
+    """Write a scan as a SPEC §4.1 NPZ. Counts are stored as integers, amplitudes as float32."""
+    arrays = scan_to_arrays(scan)
+    if scan.units == "counts" and arrays["diffraction"].dtype.kind == "f":
+        arrays["diffraction"] = np.round(arrays["diffraction"]).astype(np.int32)
+    write_npz(path, arrays)
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,260 @@
+"""``ScanData``: the one validated value object every reader produces.
+
+Conventions
+-----------
+* ``diffraction`` is (M, N, N) with DC at the array centre, either photon counts
+  (``units="counts"``) or amplitudes = sqrt(counts) (``units="amplitude"``).
+  It may be any array-like with ``shape``, ``dtype`` and fancy ``__getitem__``
+  (NumPy array, ``np.memmap``, ``h5py.Dataset``) so large scans stream.
+* ``positions_px`` is (M, 2) ordered (y, x) = (row, column) in object pixels:
+  the centre of each N x N patch on the object grid. Patch pixel ``i`` maps to
+  object pixel ``position - N // 2 + i``.
+* ``probe`` is (P, N, N) complex64, P incoherent modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ptychopinn.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Units = Literal["amplitude", "counts"]
+
+#: Patterns checked at a time when validating a large (possibly on-disk) stack.
+_VALIDATION_CHUNK = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class ScanData:
+    """A ptychographic scan, validated on construction.
+
+    Shapes
+    ------
+    diffraction : (M, N, N) real, counts or amplitude
+    positions_px : (M, 2) float64, (y, x)
+    probe : (P, N, N) complex64
+    object : (Ho, Wo) complex64 or None
+    nominal_positions_px : (M, 2) float64
+    scan_index : (M,) int64
+    patches : (M, N, N) complex64 or None  (ground-truth object patches ``Y``)
+    bad_pixels : (N, N) bool or None
+    """
+
+    diffraction: Any
+    positions_px: np.ndarray
+    probe: np.ndarray
+    units: Units = "amplitude"
+    object: np.ndarray | None = None
+    nominal_positions_px: np.ndarray | None = None
+    scan_index: np.ndarray | None = None
+    patches: np.ndarray | None = None
+    bad_pixels: np.ndarray | None = None
+    source: str = "<memory>"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        src = self.source
+        d = self.diffraction
+        if not hasattr(d, "shape") or not hasattr(d, "dtype"):
+            raise DataError(f"{src}: diffraction: expected an array, got {type(d).__name__}")
+        if len(d.shape) != 3:
+            raise DataError(
+                f"{src}: diffraction: expected 3 dimensions (M, N, N), got shape {tuple(d.shape)}"
+            )
+        m, h, w = (int(v) for v in d.shape)
+        if m == 0:
+            raise DataError(f"{src}: diffraction: expected at least 1 pattern, got 0")
+        if h != w:
+            raise DataError(f"{src}: diffraction: expected square patterns (H = W), got {h}x{w}")
+        if h < 4:
+            raise DataError(f"{src}: diffraction: expected patterns of at least 4x4, got {h}x{w}")
+        if np.dtype(d.dtype).kind not in "uif":
+            raise DataError(
+                f"{src}: diffraction: expected a real integer or float dtype, got {d.dtype}"
+            )
+        if self.units not in ("amplitude", "counts"):
+            raise DataError(f"{src}: units: expected 'amplitude' or 'counts', got {self.units!r}")
+        _check_stack_values(src, d)
+
+        pos = _real_array(src, "positions_px", self.positions_px, (m, 2))
+        object.__setattr__(self, "positions_px", pos)
+        nominal = self.nominal_positions_px
+        nominal = (
+            pos.copy()
+            if nominal is None
+            else _real_array(src, "nominal_positions_px", nominal, (m, 2))
+        )
+        object.__setattr__(self, "nominal_positions_px", nominal)
+
+        probe = np.asarray(self.probe)
+        if probe.ndim == 2:
+            probe = probe[None]
+        if probe.ndim == 4 and probe.shape[0] == 1:  # Ptychodus [OPR, modes, H, W]
+            probe = probe[0]
+        if probe.ndim != 3 or probe.shape[1:] != (h, w):
+            raise DataError(
+                f"{src}: probeGuess: expected shape ({h}, {w}) or (P, {h}, {w}) to match the "
+                f"diffraction patterns, got {probe.shape}"
+            )
+        if probe.dtype.kind not in "cf":
+            raise DataError(f"{src}: probeGuess: expected a complex array, got dtype {probe.dtype}")
+        if not np.all(np.isfinite(probe)):
+            raise DataError(f"{src}: probeGuess: contains NaN or Inf")
+        if not np.any(probe != 0):
+            raise DataError(f"{src}: probeGuess: is all zeros")
+        object.__setattr__(self, "probe", probe.astype(np.complex64))
+
+        if self.object is not None:
+            obj = np.asarray(self.object)
+            if obj.ndim == 3 and obj.shape[0] == 1:
+                obj = obj[0]
+            if obj.ndim != 2:
+                raise DataError(f"{src}: objectGuess: expected 2 dimensions, got shape {obj.shape}")
+            if obj.dtype.kind not in "cf":
+                raise DataError(f"{src}: objectGuess: expected complex, got dtype {obj.dtype}")
+            if not np.all(np.isfinite(obj)):
+                raise DataError(f"{src}: objectGuess: contains NaN or Inf")
+            object.__setattr__(self, "object", obj.astype(np.complex64))
+            _check_positions_on_object(src, pos, h, obj.shape)
+
+        if self.scan_index is None:
+            object.__setattr__(self, "scan_index", np.zeros(m, dtype=np.int64))
+        else:
+            idx = np.asarray(self.scan_index)
+            if idx.shape != (m,) or idx.dtype.kind not in "iu":
+                raise DataError(
+                    f"{src}: scan_index: expected integer shape ({m},), got {idx.dtype} {idx.shape}"
+                )
+            object.__setattr__(self, "scan_index", idx.astype(np.int64))
+
+        if self.patches is not None:
+            y = np.asarray(self.patches)
+            if y.shape != (m, h, w):
+                raise DataError(f"{src}: Y: expected shape ({m}, {h}, {w}), got {y.shape}")
+            if not np.all(np.isfinite(y)):
+                raise DataError(f"{src}: Y: contains NaN or Inf")
+            object.__setattr__(self, "patches", y.astype(np.complex64))
+
+        if self.bad_pixels is not None:
+            bad = np.asarray(self.bad_pixels)
+            if bad.shape != (h, w):
+                raise DataError(f"{src}: bad_pixels: expected shape ({h}, {w}), got {bad.shape}")
+            object.__setattr__(self, "bad_pixels", bad.astype(bool))
+
+    # -- derived facts -----------------------------------------------------------------------
+    @property
+    def n_patterns(self) -> int:
+        return int(self.diffraction.shape[0])
+
+    @property
+    def N(self) -> int:  # noqa: N802
+        return int(self.diffraction.shape[1])
+
+    @property
+    def n_probe_modes(self) -> int:
+        return int(self.probe.shape[0])
+
+    def amplitudes(self, index: np.ndarray | slice | None = None) -> np.ndarray:
+        """Diffraction amplitudes sqrt(counts) as float32.
+
+        Parameters
+        ----------
+        index : array of pattern indices, slice, or None for all.
+
+        Shapes
+        ------
+        returns (K, N, N) float32
+        """
+        if index is None:
+            raw = np.asarray(self.diffraction[:])
+        elif isinstance(index, slice):
+            raw = np.asarray(self.diffraction[index])
+        else:
+            raw = take(self.diffraction, index)
+        raw = raw.astype(np.float32, copy=False)
+        return np.sqrt(raw) if self.units == "counts" else raw
+
+    def mean_total_intensity(self, max_patterns: int = 4096) -> float:
+        """Mean over patterns of the summed intensity sum(amplitude**2) (photons if counts)."""
+        m = self.n_patterns
+        if m <= max_patterns:
+            idx: Any = slice(None)
+        else:
+            idx = np.linspace(0, m - 1, max_patterns).round().astype(np.int64)
+        amp = self.amplitudes(idx)
+        return float(np.mean(np.sum(amp.astype(np.float64) ** 2, axis=(1, 2))))
+
+    def subset(self, index: np.ndarray) -> ScanData:
+        """A new ScanData holding the patterns ``index`` (loaded into memory)."""
+        index = np.asarray(index, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            diffraction=take(self.diffraction, index),
+            positions_px=self.positions_px[index],
+            nominal_positions_px=self.nominal_positions_px[index]
+            if self.nominal_positions_px is not None
+            else None,
+            scan_index=self.scan_index[index] if self.scan_index is not None else None,
+            patches=self.patches[index] if self.patches is not None else None,
+        )
+
+
+def take(array: Any, index: np.ndarray) -> np.ndarray:
+    """``array[index]`` along axis 0 for NumPy arrays and h5py datasets alike.
+
+    h5py accepts only increasing, unique indices, so these are sorted and the
+    result put back in the order asked for.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(array, np.ndarray):
+        return array[index]
+    unique, inverse = np.unique(index, return_inverse=True)
+    return np.asarray(array[unique])[inverse]
+
+
+def _real_array(src: str, name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"{src}: {name}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise DataError(f"{src}: {name}: expected shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{src}: {name}: contains NaN or Inf")
+    return arr.astype(np.float64)
+
+
+def _check_stack_values(src: str, d: Any) -> None:
+    m = int(d.shape[0])
+    for start in range(0, m, _VALIDATION_CHUNK):
+        block = np.asarray(d[start : start + _VALIDATION_CHUNK])
+        if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise DataError(f"{src}: diffraction: contains NaN or Inf (first at pattern {bad})")
+        if block.dtype.kind in "if" and np.any(block < 0):
+            bad = start + int(np.argwhere(block < 0)[0][0])
+            raise DataError(
+                f"{src}: diffraction: expected non-negative values, got {block.min()} "
+                f"(first at pattern {bad})"
+            )
+
+
+def _check_positions_on_object(
+    src: str, pos: np.ndarray, n: int, object_shape: tuple[int, ...]
+) -> None:
+    ho, wo = object_shape
+    lo = np.floor(pos.min(axis=0)) - n // 2
+    hi = np.ceil(pos.max(axis=0)) - n // 2 + n
+    if lo[0] < 0 or lo[1] < 0 or hi[0] > ho or hi[1] > wo:
+        raise DataError(
+            f"{src}: xcoords/ycoords: patches must lie on objectGuess of shape ({ho}, {wo}); "
+            f"expected y in [{n // 2}, {ho - n + n // 2}] and x in [{n // 2}, {wo - n + n // 2}], "
+            f"got y in [{pos[:, 0].min():.2f}, {pos[:, 0].max():.2f}] and "
+            f"x in [{pos[:, 1].min():.2f}, {pos[:, 1].max():.2f}]"
+        )

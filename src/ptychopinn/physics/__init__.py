@@ -1,0 +1,1 @@
+"""Forward model of ptychography: pure tensor functions and thin modules."""

@@ -1,0 +1,71 @@
+"""The forward model as a small module whose physical constants are buffers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ptychopinn.physics.functional import (
+    disk_mask,
+    extract_patches,
+    far_field_amplitude,
+    merge_patches,
+    normalize_probe,
+)
+
+
+class ForwardModel(nn.Module):
+    """Object patches of a group -> predicted diffraction amplitudes.
+
+    At gridsize 1 each patch is illuminated and propagated. At gridsize > 1 the C
+    patches of a group are first merged on a shared canvas (weighted by the
+    object support, overlap-normalised) and re-extracted at their offsets, so each
+    predicted pattern sees its neighbours' estimate of the shared object.
+
+    Parameters
+    ----------
+    probe : (P, N, N) complex probe in normalised units (see :func:`normalize_probe`)
+    support : (N, N) 0/1 object support used as merge weight
+    probe_mask : multiply the probe by a centred disk of diameter N/2
+    """
+
+    def __init__(self, probe: Tensor, support: Tensor, probe_mask: bool = False):
+        super().__init__()
+        n = probe.shape[-1]
+        probe = probe.to(torch.complex64)
+        if probe_mask:
+            probe = probe * disk_mask(n, n / 2, device=probe.device)
+        self.register_buffer("probe", probe)
+        self.register_buffer("support", support.to(torch.float32), persistent=False)
+
+    @classmethod
+    def from_raw_probe(
+        cls, probe: Tensor, support: Tensor, probe_mask: bool = False
+    ) -> ForwardModel:
+        return cls(normalize_probe(probe.to(torch.complex64)), support, probe_mask)
+
+    def merge_group(self, patches: Tensor, offsets_px: Tensor) -> Tensor:
+        """Merge then re-extract the patches of each group.
+
+        Shapes
+        ------
+        patches : (B, C, N, N) complex
+        offsets_px : (B, C, 2) float, (y, x) relative to the group centre
+        returns (B, C, N, N) complex
+        """
+        n = patches.shape[-1]
+        reach = int(math.ceil(float(offsets_px.abs().max()))) + 1
+        size = n + 2 * reach
+        on_canvas = offsets_px + size // 2
+        canvas, _ = merge_patches(patches, on_canvas, (size, size), weights=self.support)
+        return extract_patches(canvas, on_canvas, n)
+
+    def forward(self, patches: Tensor, offsets_px: Tensor | None = None) -> Tensor:
+        """Predicted amplitudes (B, C, N, N) from object patches (B, C, N, N)."""
+        if patches.shape[1] > 1:
+            if offsets_px is None:
+                raise ValueError("offsets_px is required when groups hold more than one patch")
+            patches = self.merge_group(patches, offsets_px)
+        return far_field_amplitude(self.probe, patches)

@@ -1,0 +1,1 @@
+"""Lightning training (the only place besides the data module that imports Lightning)."""

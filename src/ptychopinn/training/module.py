@@ -1,0 +1,150 @@
+"""The LightningModule: network + forward model + likelihood, one shared step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ptychopinn.config import Config
+from ptychopinn.data.dataset import Normalization
+from ptychopinn.models.cnn import PtychoPINNNet, object_patches
+from ptychopinn.physics.forward import ForwardModel
+from ptychopinn.physics.functional import amplitude_mae, poisson_nll, square_support
+
+logger = logging.getLogger(__name__)
+
+#: Output variation (see :func:`output_variation`) below which a model counts as collapsed.
+COLLAPSE_THRESHOLD = 1e-4
+
+
+def output_variation(patches: Tensor, support: Tensor) -> Tensor:
+    """Relative variance of predicted object patches across a batch.
+
+    ``mean_pixels var_batch(O) / mean_pixels mean_batch |O|**2`` on the support;
+    about 0 when the model predicts the same patch for every pattern (collapse).
+
+    Shapes
+    ------
+    patches : (B, C, N, N) complex; support : (N, N)
+    """
+    flat = patches.reshape(-1, *patches.shape[-2:])  # (B*C, N, N)
+    var = (flat - flat.mean(dim=0, keepdim=True)).abs().square().mean(dim=0)
+    power = flat.abs().square().mean(dim=0)
+    w = support.sum().clamp_min(1.0)
+    return (var * support).sum() / w / ((power * support).sum() / w).clamp_min(1e-12)
+
+
+class PtychoPINNModule(L.LightningModule):
+    """Trains :class:`PtychoPINNNet` through the physics (or on labels, supervised).
+
+    Parameters
+    ----------
+    config : ``Config.to_dict()`` (plain data, saved in checkpoints)
+    normalization : ``Normalization.to_dict()``
+    n_probe_modes : number of incoherent probe modes
+    probe : (P, N, N) complex raw probe (not a hyperparameter: lives in the state dict)
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        normalization: dict[str, Any],
+        n_probe_modes: int = 1,
+        probe: Tensor | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["probe"])
+        self.cfg = Config.from_dict(config)
+        self.normalization = Normalization.from_dict(normalization)
+        m = self.cfg.model
+        self.net = PtychoPINNNet(m)
+        support = square_support(m.N, m.support_px)
+        if probe is None:  # restored from a checkpoint: the state dict fills it
+            self.physics = ForwardModel(
+                torch.zeros(n_probe_modes, m.N, m.N, dtype=torch.complex64), support
+            )
+        else:
+            self.physics = ForwardModel.from_raw_probe(probe, support, m.probe_mask)
+        self._epoch_start = 0.0
+        self._epoch_patterns = 0
+
+    def forward(self, amplitude: Tensor) -> Tensor:
+        """Complex object patches (B, C, N, N) from normalised amplitudes (B, C, N, N)."""
+        amp, phase = self.net(amplitude)
+        return object_patches(amp, phase)
+
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        x = batch["amplitude"]  # (B, C, N, N)
+        patches = self(x)  # (B, C, N, N) complex
+        t = self.cfg.training
+        if self.cfg.model.mode == "supervised":
+            support = self.physics.support
+            loss = ((patches - batch["patches"]).abs() * support).sum() / (
+                support.sum() * patches.shape[0] * patches.shape[1]
+            )
+        else:
+            predicted = self.physics(patches, batch["offsets"])  # (B, C, N, N)
+            if t.loss == "poisson":
+                loss = poisson_nll(predicted, x, self.normalization.intensity_scale)
+            else:
+                loss = amplitude_mae(predicted, x)
+        batch_size = x.shape[0]
+        self.log(
+            f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train"
+        )
+        if stage != "train":
+            variation = output_variation(patches.detach(), self.physics.support)
+            self.log(f"{stage}_output_variation", variation, batch_size=batch_size, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._epoch_patterns += batch["amplitude"].shape[0] * batch["amplitude"].shape[1]
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_patterns = 0
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.log("patterns_per_s", self._epoch_patterns / elapsed, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        variation = self.trainer.callback_metrics.get("val_output_variation")
+        if (
+            variation is not None
+            and float(variation) < COLLAPSE_THRESHOLD
+            and not self.trainer.sanity_checking
+        ):
+            logger.warning(
+                "epoch %d: the model predicts nearly the same patch for every pattern "
+                "(output variation %.2e < %.0e): training has collapsed",
+                self.current_epoch,
+                float(variation),
+                COLLAPSE_THRESHOLD,
+            )
+
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.training
+        optimizer = torch.optim.Adam(self.parameters(), lr=t.learning_rate)
+        if t.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.max_epochs)
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        if t.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=3
+            )
+            monitor = "val_loss" if self.trainer.datamodule.val_set is not None else "train_loss"
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor},
+            }
+        return optimizer
