@@ -102,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate a scan and write a SPEC NPZ")
     _common(p)
-    from ptychopinn.cli_simulate import add_simulate_arguments
-
     add_simulate_arguments(p)
 
     p = sub.add_parser("check", help="validate a data file and print a summary")
@@ -155,6 +153,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
     _flag(p, "--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default="cpu")
     return parser
+
+
+def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--output", "--output_file", required=True, help="NPZ to write (SPEC §4.1 keys)")
+    p.add_argument("--N", type=int, default=64, help="pattern size in pixels, power of two (64)")
+    _flag(
+        p,
+        "--n_images",
+        "--n_positions",
+        dest="n_images",
+        type=_positive_int,
+        default=512,
+        help="number of scan positions (512)",
+    )
+    p.add_argument(
+        "--object",
+        choices=["lines", "grf", "image"],
+        default="grf",
+        help="object: random lines, Gaussian random field, natural image (grf)",
+    )
+    p.add_argument(
+        "--probe",
+        choices=["disk", "gaussian"],
+        default="disk",
+        help="probe: defocused disk (Fresnel-zone-like) or Gaussian (disk)",
+    )
+    _flag(p, "--probe_file", default=None, help="NPZ whose probeGuess is used as the probe")
+    p.add_argument(
+        "--scan",
+        choices=["raster", "spiral", "random"],
+        default="raster",
+        help="scan pattern (raster, with jitter)",
+    )
+    _flag(
+        p, "--step_px", type=_positive_float, default=None, help="scan step in object pixels (N/10)"
+    )
+    _flag(p, "--jitter_px", type=float, default=0.5, help="random position jitter in pixels (0.5)")
+    _flag(
+        p,
+        "--photons",
+        "--nphotons",
+        dest="photons",
+        type=float,
+        default=1e6,
+        help="mean photons per pattern, Poisson noise; 0 = noise-free amplitudes (1e6)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -319,8 +365,8 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "--stitch_weights",
         choices=["support", "probe"],
-        default="support",
-        help="overlap weighting: object support or probe intensity (support)",
+        default="probe",
+        help="overlap weighting: probe intensity on the object support, or the flat support (probe)",
     )
     _flag(
         p,

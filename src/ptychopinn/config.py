@@ -68,8 +68,8 @@ class ModelConfig:
     probe_mask: bool = False
     object_support_fraction: float = 0.5
     mode: Mode = "unsupervised"
-    input_transform: InputTransform = "none"
-    norm_layer: NormLayer = "group"
+    input_transform: InputTransform = "sqrt"
+    norm_layer: NormLayer = "batch"
 
     def __post_init__(self) -> None:
         if not isinstance(self.N, int) or self.N < 32 or self.N > 256 or self.N & (self.N - 1):

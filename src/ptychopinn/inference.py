@@ -19,7 +19,7 @@ from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import square_support
-from ptychopinn.stitching import CanvasGeometry, Stitcher
+from ptychopinn.stitching import CanvasGeometry, Stitcher, synchronize_phases
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,15 @@ def reconstruct(
     n_groups: int | None = None,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-    weights: StitchWeights = "support",
+    weights: StitchWeights = "probe",
+    synchronize: bool = True,
 ) -> Reconstruction:
     """Reconstruct every pattern of ``scan`` (or ``n_groups`` groups) and stitch.
 
     The normalisation fixed at training time is carried over (rescaled by the
     probe power when the scan's probe differs), so inference reproduces training.
+    With ``synchronize`` the arbitrary global phase of each predicted patch is
+    aligned to its neighbours before stitching (see :func:`synchronize_phases`).
     """
     m = bundle.config.model
     bundle.check_compatible(N=scan.N, source=scan.source)
@@ -154,18 +157,26 @@ def reconstruct(
     dataset = GroupDataset(scan, groups, normalization)
     used = np.unique(groups.indices)
     geometry = CanvasGeometry.covering(scan.positions_px[used], m.N)
-    stitcher = Stitcher(geometry, stitch_weights(bundle, weights), device=device)
+    weight = stitch_weights(bundle, weights)
+    stitcher = Stitcher(geometry, weight, device=device)
     t0 = time.perf_counter()
     predict_s = 0.0
+    chunks: list[torch.Tensor] = []
     with torch.inference_mode():
         for start in range(0, len(groups), batch_size):
-            idx = groups.indices[start : start + batch_size]  # (B, C)
-            batch = dataset.group_amplitudes(slice(start, start + batch_size))
+            batch = dataset.group_amplitudes(slice(start, start + batch_size))  # (B, C, N, N)
             tp = time.perf_counter()
-            patches = predict_patches(bundle, batch, device)  # (B, C, N, N)
+            chunks.append(predict_patches(bundle, batch, device).reshape(-1, m.N, m.N).cpu())
             predict_s += time.perf_counter() - tp
-            positions = torch.from_numpy(scan.positions_px[idx.reshape(-1)])
-            stitcher.add(patches.reshape(-1, m.N, m.N), positions)
+        patches = torch.cat(chunks)  # (G*C, N, N)
+        positions = scan.positions_px[groups.indices.reshape(-1)]  # (G*C, 2)
+        if synchronize:
+            patches = synchronize_phases(patches, positions, weight)
+        for start in range(0, patches.shape[0], 4096):
+            stitcher.add(
+                patches[start : start + 4096].to(device),
+                torch.from_numpy(positions[start : start + 4096]),
+            )
         obj, coverage = stitcher.result()
     elapsed = time.perf_counter() - t0
     n_patterns = int(groups.indices.size)

@@ -101,4 +101,102 @@ def stitch(
     return obj, weight, geometry
 
 
-__all__ = ["CanvasGeometry", "Stitcher", "stitch"]
+__all__ = ["CanvasGeometry", "Stitcher", "stitch", "synchronize_phases"]
+
+
+def _integer_frames(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, CanvasGeometry]:
+    geometry = CanvasGeometry.covering(positions_px, n)
+    start = np.round(positions_px).astype(np.int64) - n // 2 - np.asarray(geometry.origin_px)
+    return start, geometry
+
+
+def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
+    """Initial phase offsets (K,) from a minimum spanning tree of neighbouring patches.
+
+    Each patch is rotated to agree with its parent on their overlap; offsets are
+    accumulated from the root by pointer jumping (vectorised, log2(K) steps).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+    from scipy.spatial import cKDTree
+
+    k, n = patches.shape[0], patches.shape[-1]
+    tree = cKDTree(start)
+    dist, nbr = tree.query(start, k=min(9, k))
+    rows = np.repeat(np.arange(k), dist.shape[1])
+    cols = nbr.reshape(-1)
+    d = dist.reshape(-1)
+    keep = (rows != cols) & (d < n / 2)
+    graph = coo_matrix((d[keep] + 1e-6, (rows[keep], cols[keep])), shape=(k, k))
+    mst = minimum_spanning_tree(graph)
+    mst = mst + mst.T
+    parent = np.arange(k)
+    centre = start.mean(axis=0)
+    unassigned = np.ones(k, dtype=bool)
+    while unassigned.any():  # one pass per connected component of the scan
+        candidates = np.flatnonzero(unassigned)
+        root = candidates[np.argmin(np.linalg.norm(start[candidates] - centre, axis=1))]
+        order, pred = breadth_first_order(mst, root, directed=False)
+        has_parent = pred[order] >= 0
+        parent[order[has_parent]] = pred[order][has_parent]
+        unassigned[order] = False
+    # overlap of each patch with its parent, in the patch's own frame
+    d_px = torch.from_numpy(start - start[parent])  # (K, 2): parent frame = own frame + d
+    ar = torch.arange(n)
+    r_par = ar[None, :, None] + d_px[:, 0, None, None]  # (K, N, 1)
+    c_par = ar[None, None, :] + d_px[:, 1, None, None]  # (K, 1, N)
+    valid = (r_par >= 0) & (r_par < n) & (c_par >= 0) & (c_par < n)  # (K, N, N)
+    par_idx = torch.from_numpy(parent)[:, None, None]
+    other = patches[par_idx, r_par.clamp(0, n - 1), c_par.clamp(0, n - 1)]  # (K, N, N)
+    w_other = weights[r_par.clamp(0, n - 1), c_par.clamp(0, n - 1)]
+    overlap = (patches.conj() * other * weights * w_other * valid).sum(dim=(-2, -1))  # (K,)
+    relative = torch.where(torch.from_numpy(parent) == torch.arange(k), 0.0, torch.angle(overlap))
+    accumulated = relative.clone().double()
+    pointer = torch.from_numpy(parent)
+    for _ in range(int(np.ceil(np.log2(max(k, 2)))) + 1):
+        accumulated = accumulated + accumulated[pointer]
+        pointer = pointer[pointer]
+    return accumulated.float()
+
+
+def synchronize_phases(
+    patches: Tensor, positions_px: np.ndarray, weights: Tensor, n_iter: int = 20
+) -> Tensor:
+    """Remove each patch's arbitrary global phase so overlapping patches agree.
+
+    The far-field amplitude of a single pattern does not see a constant phase
+    factor on its object patch, so a network's patches carry one arbitrary phase
+    each; averaging them unsynchronised destroys the low spatial frequencies of
+    the phase. Offsets are initialised along a spanning tree of neighbouring
+    patches and polished by ``n_iter`` rounds of aligning each patch to the
+    weighted sum of the others (integer-pixel overlaps suffice for the offsets).
+
+    Shapes
+    ------
+    patches : (K, N, N) complex
+    positions_px : (K, 2) (y, x)
+    weights : (N, N)
+    returns (K, N, N) complex, each patch times a unit phase factor
+    """
+    k, n = patches.shape[0], patches.shape[-1]
+    if k < 2:
+        return patches
+    patches = patches.to(torch.complex64)
+    weights = weights.to(torch.float32)
+    start, geometry = _integer_frames(np.asarray(positions_px, dtype=np.float64), n)
+    phase = _tree_phases(patches, start, weights)
+    h, w = geometry.shape
+    ar = torch.arange(n)
+    st = torch.from_numpy(start)
+    flat = ((st[:, 0, None, None] + ar[:, None]) * w + st[:, 1, None, None] + ar[None, :]).reshape(
+        -1
+    )
+    weighted = patches * weights  # (K, N, N)
+    for _ in range(n_iter):
+        rot = torch.polar(torch.ones_like(phase), phase)[:, None, None]
+        canvas = torch.zeros(h * w, dtype=torch.complex64).index_add(
+            0, flat, (weighted * rot).reshape(-1)
+        )
+        others = canvas[flat].reshape(k, n, n) - weighted * rot
+        phase = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
+    return patches * torch.polar(torch.ones_like(phase), phase)[:, None, None]

@@ -49,9 +49,7 @@ def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
     """Read a scan from an NPZ (SPEC §4.1), a Ptychodus product/diffraction pair or HDF5."""
     p = Path(path)
     if p.suffix in (".h5", ".hdf5"):
-        from ptychopinn.io import ptychodus_files
-
-        return ptychodus_files.read_scan(p)
+        raise DataError(f"{p}: HDF5 / Ptychodus input is not supported yet; convert to a scan NPZ")
     return read_npz(p, units)  # type: ignore[arg-type]
 
 
@@ -139,6 +137,7 @@ def train(
     from ptychopinn.data.datamodule import GroupDataModule
     from ptychopinn.training.module import PtychoPINNModule
 
+    _quiet_lightning()
     m, t = config.model, config.training
     if train_scan.N != m.N:
         raise ConfigError(
@@ -198,7 +197,7 @@ def train(
             default_root_dir=run_dir,
             enable_progress_bar=progress,
             enable_model_summary=False,
-            log_every_n_steps=max(1, min(50, _n_groups(train_scan, config) // t.batch_size)),
+            log_every_n_steps=max(1, min(50, _n_groups(train_scan, config) // t.batch_size // 2)),
             num_sanity_val_steps=0,
         )
         start = time.perf_counter()
@@ -217,6 +216,20 @@ def train(
         best_checkpoint=Path(best) if best else None,
         metrics=metrics,
     )
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's banners and known-harmless warnings out of the user's terminal."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (
+        ".*LeafSpec.*",
+        ".*does not have many workers.*",
+        ".*smaller than the logging interval.*",
+        ".*GPU available but not used.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def _n_groups(scan: ScanData, config: Config) -> int:

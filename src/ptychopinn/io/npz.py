@@ -161,8 +161,9 @@ def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
         "xcoords": scan.positions_px[:, 1],
         "ycoords": scan.positions_px[:, 0],
         "probeGuess": scan.probe[0] if scan.n_probe_modes == 1 else scan.probe,
-        "scan_index": scan.scan_index,
     }
+    if scan.scan_index is not None:
+        out["scan_index"] = scan.scan_index
     if scan.nominal_positions_px is not None:
         out["xcoords_start"] = scan.nominal_positions_px[:, 1]
         out["ycoords_start"] = scan.nominal_positions_px[:, 0]
@@ -180,7 +181,10 @@ def write_npz(
 ) -> None:
     """Write arrays to an NPZ atomically (temporary name, then rename)."""
     with atomic_path(path) as tmp:
-        (np.savez_compressed if compress else np.savez)(tmp, **arrays)
+        if compress:
+            np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        else:
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
 
 
 def write_scan_npz(path: str | os.PathLike[str], scan: ScanData) -> None:

@@ -58,7 +58,7 @@ def summarize(scan: ScanData) -> dict[str, Any]:
         f"{unit}_per_pattern_max": float(f"{totals.max():.6g}"),
         "probe_modes": scan.n_probe_modes,
         "probe_power": float(f"{float(np.sum(np.abs(scan.probe) ** 2)):.6g}"),
-        "objects (scan_index)": int(len(np.unique(scan.scan_index))),
+        "objects (scan_index)": int(len(np.unique(np.asarray(scan.scan_index)))),
         "reference_object": "yes, " + "x".join(map(str, scan.object.shape))
         if scan.object is not None
         else "no",

@@ -67,6 +67,9 @@ class PtychoPINNNet(nn.Module):
     output : amplitude (B, C, N, N) >= 0 and phase (B, C, N, N) in (-pi, pi)
     """
 
+    border: nn.Sequential | None
+    border_mask: Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

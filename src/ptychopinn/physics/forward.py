@@ -31,6 +31,9 @@ class ForwardModel(nn.Module):
     probe_mask : multiply the probe by a centred disk of diameter N/2
     """
 
+    probe: Tensor
+    support: Tensor
+
     def __init__(self, probe: Tensor, support: Tensor, probe_mask: bool = False):
         super().__init__()
         n = probe.shape[-1]

@@ -136,15 +136,15 @@ class PtychoPINNModule(L.LightningModule):
         t = self.cfg.training
         optimizer = torch.optim.Adam(self.parameters(), lr=t.learning_rate)
         if t.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.max_epochs)
-            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.max_epochs)
+            return {"optimizer": optimizer, "lr_scheduler": cosine}
         if t.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=0.5, patience=3
-            )
-            monitor = "val_loss" if self.trainer.datamodule.val_set is not None else "train_loss"
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            has_val = getattr(datamodule, "val_set", None) is not None
+            monitor = "val_loss" if has_val else "train_loss"
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor},
+                "lr_scheduler": {"scheduler": plateau, "monitor": monitor},
             }
         return optimizer

@@ -1,0 +1,201 @@
+"""The command line as users run it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def run(*args: str, cwd: Path, module: str = "ptychopinn.cli") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("sim")
+    result = run(
+        "simulate", "--output", "scan.npz", "--N", "32", "--n_images", "64", "--object", "grf",
+        "--photons", "1e5", "--seed", "1", cwd=d,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return d / "scan.npz"
+
+
+def test_every_command_has_help(tmp_path):
+    for command in ("simulate", "check", "train", "infer", "evaluate", "demo"):
+        result = run(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0
+        assert "--" in result.stdout
+    assert "(default 50)" in run("train", "--help", cwd=tmp_path).stdout
+
+
+def test_simulate_writes_spec_npz(sim):
+    with np.load(sim) as npz:
+        assert {"diffraction", "xcoords", "ycoords", "probeGuess", "objectGuess"} <= set(npz.files)
+        assert npz["diffraction"].shape == (64, 32, 32)
+        assert npz["diffraction"].dtype.kind == "i"
+
+
+def test_simulate_refuses_to_overwrite(sim):
+    result = run("simulate", "--output", "scan.npz", "--N", "32", cwd=sim.parent)
+    assert_user_error(result, "scan.npz", "--overwrite")
+
+
+def test_check_summary(sim):
+    result = run("check", str(sim), "--json", cwd=sim.parent)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["patterns"] == 64
+    assert summary["detector_px"] == "32 x 32"
+    assert summary["reference_object"].startswith("yes")
+    assert 0 < summary["overlap_estimate"] < 1
+    assert summary["photons_per_pattern_mean"] == pytest.approx(1e5, rel=0.05)
+
+
+def test_check_bad_file(tmp_path):
+    np.savez(tmp_path / "bad.npz", diffraction=np.ones((4, 8, 8)), xcoords=np.zeros(4))
+    assert_user_error(run("check", "bad.npz", cwd=tmp_path), "bad.npz", "missing key 'ycoords'")
+    assert_user_error(run("check", "nope.npz", cwd=tmp_path), "nope.npz", "not found")
+    (tmp_path / "text.npz").write_text("hello")
+    assert_user_error(run("check", "text.npz", cwd=tmp_path), "text.npz", "not a readable NPZ")
+
+
+def test_evaluate_object_against_itself_and_noisy_copy(sim, tmp_path):
+    with np.load(sim) as npz:
+        obj = npz["objectGuess"]
+        arrays = dict(npz)
+    rng = np.random.default_rng(0)
+    noisy = obj + 0.15 * (rng.standard_normal(obj.shape) + 1j * rng.standard_normal(obj.shape))
+    np.savez(tmp_path / "noisy.npz", **{**arrays, "objectGuess": noisy.astype(np.complex64)})
+    same = run(
+        "evaluate",
+        "--reconstruction",
+        str(sim),
+        "--reference",
+        str(sim),
+        "--output_dir",
+        "self",
+        cwd=tmp_path,
+    )
+    assert same.returncode == 0, same.stderr
+    worse = run(
+        "evaluate",
+        "--reconstruction",
+        "noisy.npz",
+        "--reference",
+        str(sim),
+        "--output_dir",
+        "noisy",
+        cwd=tmp_path,
+    )
+    assert worse.returncode == 0, worse.stderr
+    m_same = json.loads((tmp_path / "self" / "metrics.json").read_text())
+    m_noisy = json.loads((tmp_path / "noisy" / "metrics.json").read_text())
+    assert m_same["phase_ssim"] > 0.999 and m_same["phase_mae"] < 1e-4
+    assert m_noisy["phase_ssim"] < m_same["phase_ssim"] - 0.1
+    assert m_noisy["amplitude_mae"] > m_same["amplitude_mae"]
+    assert (tmp_path / "self" / "comparison.png").stat().st_size > 1000
+    again = run(
+        "evaluate",
+        "--reconstruction",
+        str(sim),
+        "--reference",
+        str(sim),
+        "--output_dir",
+        "self",
+        cwd=tmp_path,
+    )
+    assert_user_error(again, "metrics.json", "--overwrite")
+
+
+def test_evaluate_missing_reference(sim, tmp_path):
+    np.savez(tmp_path / "noref.npz", x=np.zeros(3))
+    result = run(
+        "evaluate",
+        "--reconstruction",
+        str(sim),
+        "--reference",
+        "noref.npz",
+        "--output_dir",
+        "o",
+        cwd=tmp_path,
+    )
+    assert_user_error(result, "noref.npz", "objectGuess")
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["train", "--train_data_file", "x.npz", "--output_dir", "r", "--max_epochs", "0"],
+            "--max_epochs",
+        ),
+        (
+            ["train", "--train_data_file", "x.npz", "--output_dir", "r", "--gridsize", "7"],
+            "--gridsize",
+        ),
+        (["train", "--train_data_file", "x.npz"], "--output_dir"),
+        (
+            [
+                "infer",
+                "--model_path",
+                "r",
+                "--test_data",
+                "x.npz",
+                "--output_dir",
+                "o",
+                "--batch_size",
+                "-1",
+            ],
+            "--batch_size",
+        ),
+        (["simulate", "--output", "s.npz", "--n_images", "0"], "--n_images"),
+    ],
+)
+def test_bad_flags(tmp_path, args, fragment):
+    assert_user_error(run(*args, cwd=tmp_path), fragment)
+
+
+def test_train_missing_data_file(tmp_path):
+    result = run("train", "--train_data_file", "missing.npz", "--output_dir", "r", cwd=tmp_path)
+    assert_user_error(result, "missing.npz", "not found")
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = run("check", "missing.npz", "--debug", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_commands_write_nothing_in_the_working_directory(sim, tmp_path):
+    before = set(tmp_path.iterdir())
+    run("check", str(sim), cwd=tmp_path)
+    run(
+        "evaluate",
+        "--reconstruction",
+        str(sim),
+        "--reference",
+        str(sim),
+        "--output_dir",
+        str(tmp_path / "ev"),
+        cwd=tmp_path,
+    )
+    assert set(tmp_path.iterdir()) - before == {tmp_path / "ev"}

@@ -1,0 +1,191 @@
+"""The train -> bundle -> fresh-process load -> infer cycle, through the real CLIs.
+
+Small settings (N = 32, a cheap network, a few epochs) keep this to about a minute
+on 2 CPU cores; the full settings live in benchmarks/ and the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+CHEAP = {
+    "model": {"stem_stride": 2, "n_filters_scale": 0.5},
+    "training": {"scheduler": "cosine", "learning_rate": 0.002},
+}
+
+
+def run(*args: str, cwd: Path, module: str = "ptychopinn.cli") -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    return result
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cycle")
+    ok(run("simulate", "--output", "D.npz", "--N", "32", "--n_images", "256", "--object", "image",
+           "--photons", "1e6", "--seed", "0", cwd=d))  # fmt: skip
+    (d / "cheap.json").write_text(json.dumps(CHEAP))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(work) -> Path:
+    ok(run("train", "--train_data_file", "D.npz", "--output_dir", "RUN", "--max_epochs", "12",
+           "--config", "cheap.json", "--seed", "0", cwd=work))  # fmt: skip
+    return work / "RUN"
+
+
+def _metrics(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_seed_commands_verbatim(work):
+    """SPEC §3's two seed commands, unchanged but for a short --max_epochs."""
+    ok(run("--train_data_file", "D.npz", "--test_data_file", "D.npz", "--output_dir", "SEED",
+           "--max_epochs", "2", "--n_images", "1024", "--gridsize", "1", "--batch_size", "16",
+           "--accelerator", "cpu", "--deterministic", "--num-workers", "0", "--learning-rate", "1e-4",
+           "--disable_mlflow", cwd=work, module="ptycho_torch.train"))  # fmt: skip
+    run_dir = work / "SEED"
+    assert (run_dir / "wts.h5.zip").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert not (run_dir / "mlruns").exists()  # --disable_mlflow: no logger at all
+    ok(run("--model_path", "SEED", "--test_data", "D.npz", "--output_dir", "SEED_OUT",
+           "--n_images", "1024", "--accelerator", "cpu", cwd=work, module="ptycho_torch.inference"))  # fmt: skip
+    out = work / "SEED_OUT"
+    for name in (
+        "reconstructed_amplitude.png",
+        "reconstructed_phase.png",
+        "reconstruction.npz",
+        "metrics.json",
+    ):
+        assert (out / name).is_file(), name
+    with np.load(out / "reconstruction.npz") as rec:
+        assert rec["object"].dtype == np.complex64
+        assert rec["positions_px"].shape == (256, 2)
+        assert np.all(np.isfinite(rec["object"]))
+
+
+def test_trained_model_beats_untrained_on_ground_truth(work, trained):
+    """Quality threshold vs ground truth, in a fresh inference process from the bundle only."""
+    ok(run("infer", "--model_path", "RUN", "--test_data", "D.npz", "--output_dir", "OUT", cwd=work))
+    trained_m = _metrics(work / "OUT" / "metrics.json")
+
+    from ptychopinn.bundle import load_bundle, save_bundle
+    from ptychopinn.models.cnn import PtychoPINNNet
+
+    bundle = load_bundle(trained / "wts.h5.zip")
+    torch.manual_seed(0)
+    fresh = PtychoPINNNet(bundle.config.model)
+    save_bundle(work / "untrained.zip", bundle.config, bundle.normalization, fresh, bundle.probe)
+    ok(
+        run(
+            "infer",
+            "--model_path",
+            "untrained.zip",
+            "--test_data",
+            "D.npz",
+            "--output_dir",
+            "UNTRAINED",
+            cwd=work,
+        )
+    )
+    untrained_m = _metrics(work / "UNTRAINED" / "metrics.json")
+
+    assert trained_m["amplitude_ssim"] >= 0.15, trained_m
+    assert trained_m["amplitude_ssim"] > untrained_m["amplitude_ssim"] + 0.1
+    assert trained_m["frc50_rings"] >= 2.5
+    assert trained_m["frc50_rings"] > untrained_m["frc50_rings"] + 1.0
+    assert trained_m["phase_mae"] < untrained_m["phase_mae"]
+
+
+def test_training_logs_and_checkpoints(trained):
+    logs = list(trained.glob("lightning_logs/*/metrics.csv"))
+    assert logs
+    with logs[0].open() as fh:
+        rows = list(csv.DictReader(fh))
+    losses = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+    assert len(losses) == 12
+    assert losses[-1] < losses[0]
+    assert any(r.get("patterns_per_s") for r in rows)
+
+
+def test_resume_continues_from_checkpoint(work, trained):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 11
+    ok(run("train", "--train_data_file", "D.npz", "--output_dir", "RUN", "--max_epochs", "14",
+           "--config", "cheap.json", "--resume", cwd=work))  # fmt: skip
+    resumed = torch.load(
+        trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    steps_per_epoch = ckpt["global_step"] // 12
+    assert (
+        resumed["global_step"] == ckpt["global_step"] + 2 * steps_per_epoch
+    )  # epochs 12 and 13 only
+
+
+def test_existing_run_is_not_overwritten(work, trained):
+    before = (trained / "wts.h5.zip").stat().st_mtime_ns
+    result = run(
+        "train", "--train_data_file", "D.npz", "--output_dir", "RUN", "--max_epochs", "1", cwd=work
+    )
+    assert result.returncode == 2
+    assert "--overwrite" in result.stderr
+    assert (trained / "wts.h5.zip").stat().st_mtime_ns == before
+
+
+def test_wrong_gridsize_or_n_is_a_clear_error(work, trained):
+    result = run(
+        "infer",
+        "--model_path",
+        "RUN",
+        "--test_data",
+        "D.npz",
+        "--output_dir",
+        "G2",
+        "--gridsize",
+        "2",
+        cwd=work,
+    )
+    assert result.returncode == 2
+    assert "gridsize = 1; the request has gridsize = 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    ok(run("simulate", "--output", "D64.npz", "--N", "64", "--n_images", "16", cwd=work))
+    result = run(
+        "infer", "--model_path", "RUN", "--test_data", "D64.npz", "--output_dir", "N64", cwd=work
+    )
+    assert result.returncode == 2
+    assert "N = 32" in result.stderr and "N = 64" in result.stderr
+    assert not (work / "N64" / "reconstruction.npz").exists()
+
+
+def test_gridsize2_end_to_end(work):
+    ok(run("--train_data_file", "D.npz", "--output_dir", "G2RUN", "--max_epochs", "2", "--gridsize", "2",
+           "--batch_size", "8", "--accelerator", "cpu", "--disable_mlflow", "--stem_stride", "2",
+           "--n_filters_scale", "0.5", cwd=work, module="ptycho_torch.train"))  # fmt: skip
+    ok(run("--model_path", "G2RUN", "--test_data", "D.npz", "--output_dir", "G2OUT", "--accelerator", "cpu",
+           cwd=work, module="ptycho_torch.inference"))  # fmt: skip
+    from ptychopinn.bundle import load_bundle
+
+    bundle = load_bundle(work / "G2RUN")
+    assert bundle.config.model.gridsize == 2 and bundle.config.model.C == 4
+    with np.load(work / "G2OUT" / "reconstruction.npz") as rec:
+        assert np.all(np.isfinite(rec["object"]))
+        assert rec["positions_px"].shape[0] == 256
