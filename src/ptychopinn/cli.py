@@ -375,6 +375,21 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="object pixel size for FRC resolution",
     )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="PASSES",
+        help="passes of maximum-likelihood refinement of the stitched object over all patterns (0)",
+    )
+    _flag(p, "--refine_probe", action="store_true", help="refine the probe as well")
+    _flag(
+        p,
+        "--refine_from",
+        choices=["network", "flat"],
+        default="network",
+        help="refinement start: the network's reconstruction or a flat object (network)",
+    )
     _hardware(p)
 
 

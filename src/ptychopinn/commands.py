@@ -207,23 +207,47 @@ def run_infer(args: argparse.Namespace) -> int:
         device=device,
         weights=args.stitch_weights,
     )
+    network_metrics = None
+    if args.refine < 0:
+        raise ConfigError(f"--refine: expected a number of passes >= 0, got {args.refine}")
+    if args.refine:
+        from ptychopinn.workflows import evaluate_reconstruction, refine_reconstruction
+
+        if scan.object is not None:
+            network = evaluate_reconstruction(rec, scan.object, args.pixel_size_m).metrics
+            network_metrics = network.to_dict()
+            logger.info("network alone vs objectGuess: %s", _headline(network_metrics))
+        start = None if args.refine_from == "flat" else rec
+        rec = refine_reconstruction(
+            bundle, scan, start, passes=args.refine, refine_probe=args.refine_probe, device=device
+        )
     for path in rec.save(out):
         logger.info("wrote %s", path)
     if scan.object is not None:
-        metrics = write_metrics(rec, scan.object, out, args.pixel_size_m)
+        metrics = write_metrics(rec, scan.object, out, args.pixel_size_m, network_metrics)
         logger.info("vs objectGuess: %s", _headline(metrics))
     return 0
 
 
 def write_metrics(
-    rec: Any, reference: np.ndarray, out: Path, pixel_size_m: float | None
+    rec: Any,
+    reference: np.ndarray,
+    out: Path,
+    pixel_size_m: float | None,
+    network_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Score ``rec`` against ``reference``; write metrics.json and comparison.png into ``out``."""
     from ptychopinn.evaluation import write_comparison_figure
     from ptychopinn.io.npz import write_json
     from ptychopinn.workflows import evaluate_reconstruction
 
     result = evaluate_reconstruction(rec, reference, pixel_size_m)
     metrics = result.metrics.to_dict()
+    for key in ("refine_passes", "refine_s", "refine_start"):
+        if key in rec.metadata:
+            metrics[key] = rec.metadata[key]
+    if network_metrics is not None:
+        metrics["network_only"] = network_metrics
     write_json(out / "metrics.json", metrics)
     write_comparison_figure(
         out / "comparison.png",

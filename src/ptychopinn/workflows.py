@@ -41,6 +41,7 @@ __all__ = [
     "load_bundle",
     "read_scan",
     "reconstruct",
+    "refine_reconstruction",
     "train",
 ]
 
@@ -216,6 +217,26 @@ def train(
         best_checkpoint=Path(best) if best else None,
         metrics=metrics,
     )
+
+
+def refine_reconstruction(
+    bundle: Bundle,
+    scan: ScanData,
+    start: Reconstruction | None,
+    passes: int = 20,
+    refine_probe: bool = False,
+    device: torch.device | str = "cpu",
+    options: Any = None,
+) -> Reconstruction:
+    """Maximum-likelihood refinement with the bundle's forward model (see :mod:`ptychopinn.refinement`).
+
+    ``start`` is the network's reconstruction (or None for a flat object).
+    """
+    from ptychopinn.refinement import RefineOptions, refine
+
+    opts = options or RefineOptions(n_iter=passes, probe_lr=0.01 if refine_probe else 0.0)
+    rec, _, _ = refine(scan, bundle.probe, bundle.normalization.for_scan(scan), start, opts, device)
+    return rec
 
 
 def _quiet_lightning() -> None:
