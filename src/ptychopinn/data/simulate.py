@@ -57,6 +57,7 @@ def make_object(
     max_phase_rad: float = math.pi / 2,
     amplitude_range: tuple[float, float] = (0.5, 1.0),
     feature_px: float = 3.0,
+    image_pair: int = 0,
 ) -> np.ndarray:
     """A complex test object ``A * exp(i * phi)``.
 
@@ -66,13 +67,14 @@ def make_object(
         smoothed over 1 px; on the lines the amplitude drops and the phase rises.
         ``"grf"``: Gaussian random fields (white noise smoothed over ``feature_px``),
         independent for amplitude and phase. ``"image"``: scikit-image's bundled ``camera``
-        as the phase and grey ``astronaut`` as the amplitude, centre-cropped and resized
-        (``rng`` unused).
+        as the phase and grey ``astronaut`` as the amplitude (``image_pair`` 0; other pairs in
+        :data:`IMAGE_PAIRS`), centre-cropped and resized (``rng`` unused).
     shape : (Ho, Wo) object size in pixels.
     rng : source of randomness.
     max_phase_rad : the phase spans [-max_phase_rad, max_phase_rad].
     amplitude_range : (low, high), 0 < low <= high <= 1: the span of the amplitude.
     feature_px : smoothing length (Gaussian standard deviation) of ``"grf"``, pixels.
+    image_pair : which (amplitude, phase) pair of :data:`IMAGE_PAIRS` ``"image"`` uses.
 
     Shapes
     ------
@@ -97,14 +99,29 @@ def make_object(
     elif kind == "grf":
         amp_map, phase_map = (_grf_map((h, w), feature_px, rng) for _ in range(2))
     else:
-        from skimage import data
-        from skimage.color import rgb2gray
-
-        amp_map = _fit_image(rgb2gray(data.astronaut()), (h, w))
-        phase_map = _fit_image(data.camera().astype(np.float64), (h, w))
+        amp_name, phase_name = IMAGE_PAIRS[image_pair % len(IMAGE_PAIRS)]
+        amp_map = _fit_image(_grey_sample(amp_name), (h, w))
+        phase_map = _fit_image(_grey_sample(phase_name), (h, w))
     amplitude = low + (high - low) * amp_map  # (Ho, Wo) in [low, high]
     phase = max_phase_rad * (2.0 * phase_map - 1.0)  # (Ho, Wo) in [-max, max]
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+#: (amplitude, phase) scikit-image sample pairs of the ``"image"`` object, all shipped offline.
+IMAGE_PAIRS = (
+    ("astronaut", "camera"),
+    ("chelsea", "coins"),
+    ("coffee", "moon"),
+    ("rocket", "brick"),
+)
+
+
+def _grey_sample(name: str) -> np.ndarray:
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    image = np.asarray(getattr(data, name)(), dtype=np.float64)
+    return rgb2gray(image) if image.ndim == 3 else image
 
 
 def _unit_range(x: np.ndarray) -> np.ndarray:
@@ -309,7 +326,7 @@ def simulate_scan(
     positions = _jitter(nominal, jitter_px, scan_rng)  # (M, 2)
     offset, shape = _placement(positions, n, object_size)
     positions, nominal = positions + offset, nominal + offset
-    obj = make_object(object_kind, shape, obj_rng)
+    obj = make_object(object_kind, shape, obj_rng, image_pair=seed)
     m = positions.shape[0]
     amplitude, patches = _diffract(obj, probe_modes, positions, m * n * n * 8 < PATCHES_LIMIT_BYTES)
     if photons_per_pattern is None:

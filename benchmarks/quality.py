@@ -1,0 +1,119 @@
+"""Quality benchmark: network alone, network + refinement, refinement from flat (JSON out).
+
+For each object class (random lines, Gaussian random field, natural image) and dose,
+simulates scan A and scan B (same probe and scan geometry, different object), trains
+self-supervised on A, then scores against ground truth with the SPEC §8 metrics:
+
+* ``self``: reconstruct A with the model trained on A (network alone, then + refinement)
+* ``transfer``: reconstruct B with the model trained on A
+* ``flat``: refinement of A from a flat object with the same number of passes
+
+Usage::
+
+    python benchmarks/quality.py --out benchmarks/results/quality.json [--quick] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptychopinn import workflows as pp
+from ptychopinn.config import Config, ModelConfig, TrainingConfig
+from ptychopinn.data.simulate import simulate_scan
+from ptychopinn.refinement import RefineOptions, refine
+
+KEYS = ("phase_ssim", "amplitude_ssim", "phase_mae", "amplitude_mae", "frc50_rings")
+
+
+def score(rec: Any, scan: Any) -> dict[str, Any]:
+    metrics = pp.evaluate_reconstruction(rec, scan.object).metrics.to_dict()
+    return {k: metrics[k] for k in KEYS}
+
+
+def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> dict[str, Any]:
+    common = dict(n=args.N, object_kind=obj, n_positions=args.n_positions, photons_per_pattern=photons)
+    scan_a = simulate_scan(seed=0, **common)
+    scan_b = simulate_scan(seed=1, **common)
+    config = Config(
+        model=ModelConfig(
+            N=args.N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale, stem_stride=args.stem_stride
+        ),
+        training=TrainingConfig(
+            max_epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            scheduler="cosine",
+            logger="none",
+            accelerator=args.accelerator,
+        ),
+    )
+    run = pp.train(config, scan_a, work / f"{obj}_{photons:g}", progress=False)
+    device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+    bundle = pp.load_bundle(run.bundle_path, map_location=device)
+    out: dict[str, Any] = {"object": obj, "photons": photons, "training_s": run.metrics.get("training_s")}
+    for name, scan in (("self", scan_a), ("transfer", scan_b)):
+        t0 = time.perf_counter()
+        rec = pp.reconstruct(bundle, scan, device=device)
+        infer_s = time.perf_counter() - t0
+        out[f"{name}_network"] = {**score(rec, scan), "inference_s": infer_s}
+        t0 = time.perf_counter()
+        refined = pp.refine_reconstruction(bundle, scan, rec, passes=args.refine, device=device)
+        out[f"{name}_refined"] = {**score(refined, scan), "refine_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    norm = bundle.normalization.for_scan(scan_a)
+    flat, _, _ = refine(scan_a, bundle.probe, norm, None, RefineOptions(n_iter=args.refine), device)
+    out["self_flat_refined"] = {**score(flat, scan_a), "refine_s": time.perf_counter() - t0}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results/quality.json")
+    p.add_argument("--quick", action="store_true", help="one object, one dose, few epochs")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--N", type=int, default=64)
+    p.add_argument("--n_positions", type=int, default=576)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--gridsize", type=int, default=1)
+    p.add_argument("--n_filters_scale", type=float, default=1.0)
+    p.add_argument("--stem_stride", type=int, default=2)
+    p.add_argument("--refine", type=int, default=100, help="refinement passes")
+    p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
+    p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])
+    args = p.parse_args()
+    if args.quick:
+        args.objects, args.photons, args.epochs, args.refine = ["image"], [1e6], 5, 20
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for obj in args.objects:
+            for photons in args.photons:
+                case = one_case(args, obj, photons, Path(tmp))
+                results.append(case)
+                print(json.dumps(case))
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "settings": vars(args),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
