@@ -189,3 +189,26 @@ def test_gridsize2_end_to_end(work):
     with np.load(work / "G2OUT" / "reconstruction.npz") as rec:
         assert np.all(np.isfinite(rec["object"]))
         assert rec["positions_px"].shape[0] == 256
+
+
+def test_ddp_two_processes_on_cpu(work):
+    """Lightning DDP (gloo) with 2 CPU processes: one bundle, one log, written by rank 0."""
+    ok(run("train", "--train_data_file", "D.npz", "--output_dir", "DDP", "--max_epochs", "1",
+           "--config", "cheap.json", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+           cwd=work))  # fmt: skip
+    run_dir = work / "DDP"
+    assert (run_dir / "wts.h5.zip").is_file()
+    assert len(list(run_dir.glob("lightning_logs/*/metrics.csv"))) == 1
+    assert not (run_dir / ".ptychopinn.lock").exists()
+    ok(
+        run(
+            "infer",
+            "--model_path",
+            "DDP",
+            "--test_data",
+            "D.npz",
+            "--output_dir",
+            "DDP_OUT",
+            cwd=work,
+        )
+    )

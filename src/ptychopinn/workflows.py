@@ -65,10 +65,25 @@ class TrainingRun:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NODEID")
+
+
+def is_rank_zero_process() -> bool:
+    """True in the process that launched the run (or global rank 0 under torchrun / SLURM)."""
+    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Refuse a second run into the same directory while one is active."""
+    """Refuse a second run into the same directory while one is active.
+
+    Only the rank-zero process holds the lock; the other ranks of a distributed
+    run (started by Lightning, torchrun or srun) share it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_rank_zero_process():
+        yield
+        return
     lock = run_dir / ".ptychopinn.lock"
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

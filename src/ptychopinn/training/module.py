@@ -123,6 +123,7 @@ class PtychoPINNModule(L.LightningModule):
             variation is not None
             and float(variation) < COLLAPSE_THRESHOLD
             and not self.trainer.sanity_checking
+            and self.trainer.is_global_zero
         ):
             logger.warning(
                 "epoch %d: the model predicts nearly the same patch for every pattern "
