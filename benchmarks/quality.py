@@ -39,12 +39,17 @@ def score(rec: Any, scan: Any) -> dict[str, Any]:
 
 
 def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> dict[str, Any]:
-    common = dict(n=args.N, object_kind=obj, n_positions=args.n_positions, photons_per_pattern=photons)
+    common = dict(
+        n=args.N, object_kind=obj, n_positions=args.n_positions, photons_per_pattern=photons
+    )
     scan_a = simulate_scan(seed=0, **common)
     scan_b = simulate_scan(seed=1, **common)
     config = Config(
         model=ModelConfig(
-            N=args.N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale, stem_stride=args.stem_stride
+            N=args.N,
+            gridsize=args.gridsize,
+            n_filters_scale=args.n_filters_scale,
+            stem_stride=args.stem_stride,
         ),
         training=TrainingConfig(
             max_epochs=args.epochs,
@@ -58,7 +63,11 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
     run = pp.train(config, scan_a, work / f"{obj}_{photons:g}", progress=False)
     device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
     bundle = pp.load_bundle(run.bundle_path, map_location=device)
-    out: dict[str, Any] = {"object": obj, "photons": photons, "training_s": run.metrics.get("training_s")}
+    out: dict[str, Any] = {
+        "object": obj,
+        "photons": photons,
+        "training_s": run.metrics.get("training_s"),
+    }
     for name, scan in (("self", scan_a), ("transfer", scan_b)):
         t0 = time.perf_counter()
         rec = pp.reconstruct(bundle, scan, device=device)
@@ -75,7 +84,9 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="benchmarks/results/quality.json")
     p.add_argument("--quick", action="store_true", help="one object, one dose, few epochs")
     p.add_argument("--accelerator", default="auto")

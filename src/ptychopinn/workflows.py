@@ -112,6 +112,13 @@ def resolve_accelerator(accelerator: str) -> str:
     return accelerator
 
 
+def _require(package: str, option: str, *modules: str) -> None:
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise ConfigError(f"{option} needs the '{package}' package: pip install {package}")
+
+
 def _make_logger(config: Config, run_dir: Path) -> Any:
     from lightning.pytorch import loggers
 
@@ -119,8 +126,10 @@ def _make_logger(config: Config, run_dir: Path) -> Any:
     if kind == "none":
         return False
     if kind == "tensorboard":
+        _require("tensorboard", "--logger tensorboard", "tensorboard", "tensorboardX")
         return loggers.TensorBoardLogger(save_dir=run_dir, name="lightning_logs")
     if kind == "mlflow":
+        _require("mlflow", "--logger mlflow", "mlflow")
         uri = config.training.mlflow_tracking_uri or (run_dir / "mlruns").resolve().as_uri()
         return loggers.MLFlowLogger(experiment_name="ptychopinn", tracking_uri=uri)
     return loggers.CSVLogger(save_dir=run_dir, name="lightning_logs")
