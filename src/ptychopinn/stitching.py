@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ptychopinn.physics.functional import scatter_patches
+from ptychopinn.physics.functional import scatter_patches, shift
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,13 @@ def synchronize_phases(
     k, n = patches.shape[0], patches.shape[-1]
     if k < 2:
         return patches
-    patches = patches.to(torch.complex64)
+    original = patches.to(torch.complex64)
     weights = weights.to(torch.float32)
-    start, geometry = _integer_frames(np.asarray(positions_px, dtype=np.float64), n)
+    positions_px = np.asarray(positions_px, dtype=np.float64)
+    start, geometry = _integer_frames(positions_px, n)
+    # resample each patch onto the integer grid of its window so overlaps compare like with like
+    residual = torch.from_numpy(positions_px - np.round(positions_px)).to(torch.float32)
+    patches = shift(original, residual) if bool(torch.any(residual != 0)) else original
     phase = _tree_phases(patches, start, weights)
     h, w = geometry.shape
     ar = torch.arange(n)
@@ -199,4 +203,4 @@ def synchronize_phases(
         )
         others = canvas[flat].reshape(k, n, n) - weighted * rot
         phase = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
-    return patches * torch.polar(torch.ones_like(phase), phase)[:, None, None]
+    return original * torch.polar(torch.ones_like(phase), phase)[:, None, None]

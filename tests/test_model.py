@@ -1,0 +1,74 @@
+"""Network shapes derived from one config, and the supervised mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ptychopinn.config import Config, ModelConfig, TrainingConfig
+from ptychopinn.errors import ConfigError
+from ptychopinn.models.cnn import PtychoPINNNet, count_parameters
+
+
+@pytest.mark.parametrize("n", [32, 64, 128, 256])
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_shapes_follow_the_config(n, gridsize):
+    config = ModelConfig(N=n, gridsize=gridsize, n_filters_scale=0.125, stem_stride=2)
+    net = PtychoPINNNet(config).eval()
+    with torch.no_grad():
+        amp, phase = net(torch.rand(2, config.C, n, n))
+    assert amp.shape == phase.shape == (2, gridsize**2, n, n)
+    assert torch.all(amp >= 0) and torch.all(phase.abs() <= torch.pi)
+    support = config.support_px
+    lo = (n - support) // 2
+    outside = torch.ones(n, n, dtype=torch.bool)
+    outside[lo : lo + support, lo : lo + support] = False
+    assert torch.all(amp[..., outside] == 0)
+
+
+def test_default_network_size():
+    """The default N = 64 network is the upstream size (about 2.3 M parameters)."""
+    assert 2.0e6 < count_parameters(PtychoPINNNet(ModelConfig())) < 2.6e6
+
+
+def test_probe_big_fills_the_border():
+    config = ModelConfig(N=32, n_filters_scale=0.125, probe_big=True)
+    amp, _ = PtychoPINNNet(config).eval()(torch.rand(1, 1, 32, 32))
+    assert torch.all(amp[0, 0, 0, :] > 0)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"N": 48}, {"N": 512}, {"gridsize": 0}, {"stem_stride": 3}, {"mode": "x"}]
+)
+def test_bad_model_config(bad):
+    with pytest.raises(ConfigError):
+        ModelConfig(**bad)
+
+
+def test_config_round_trip_rejects_unknown_keys():
+    config = Config(model=ModelConfig(N=32, gridsize=2), training=TrainingConfig(max_epochs=3))
+    assert Config.from_dict(config.to_dict()) == config
+    data = config.to_dict()
+    data["model"]["channels"] = 4
+    with pytest.raises(ConfigError, match="unknown keys"):
+        Config.from_dict(data)
+
+
+@pytest.mark.slow
+def test_supervised_training_learns_the_labels(tmp_path):
+    from ptychopinn import workflows as pp
+    from ptychopinn.data.simulate import simulate_scan
+
+    scan = simulate_scan(n=32, n_positions=64, object_kind="image", photons_per_pattern=1e6, seed=0)
+    config = Config(
+        model=ModelConfig(N=32, stem_stride=2, n_filters_scale=0.5, mode="supervised"),
+        training=TrainingConfig(max_epochs=8, learning_rate=2e-3, logger="none"),
+    )
+    run = pp.train(config, scan, tmp_path / "sup", progress=False)
+    losses = run.metrics
+    assert np.isfinite(losses["train_loss"])
+    bundle = pp.load_bundle(run.bundle_path)
+    assert bundle.config.model.mode == "supervised"
+    rec = pp.reconstruct(bundle, scan)
+    assert np.all(np.isfinite(rec.object))
