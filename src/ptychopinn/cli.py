@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -439,12 +441,24 @@ def refuse_existing(out_dir: Path, names: Sequence[str], overwrite: bool) -> Non
         )
 
 
+class _Terminated(BaseException):
+    """Raised on SIGTERM (outside training, which stops gracefully by itself) so that the
+    stack unwinds and locks and temporary files are removed; not an ``Exception``, so no
+    ``except Exception`` in the library swallows it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser()
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
     _setup_logging(args)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         from ptychopinn import commands
 
@@ -454,10 +468,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.debug:
             raise
         print(f"ptychopinn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        # a NaN loss stops training with 3, a signal with 128 + its number
+        return int(getattr(exc, "exit_status", EXIT_USAGE))
     except KeyboardInterrupt:
         print(f"ptychopinn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"ptychopinn {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def seed_main(command: str, argv: Sequence[str] | None = None) -> int:

@@ -180,6 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
 # -- infer ---------------------------------------------------------------------------------
 INFER_OUTPUTS = (
     "reconstruction.npz",
+    "product.h5",
     "reconstructed_amplitude.png",
     "reconstructed_phase.png",
     "metrics.json",
@@ -223,6 +224,10 @@ def run_infer(args: argparse.Namespace) -> int:
         )
     for path in rec.save(out):
         logger.info("wrote %s", path)
+    if "ptychodus" in scan.metadata:  # a Ptychodus input gets a Ptychodus product back
+        from ptychopinn.io.ptychodus_files import write_product
+
+        write_product(out / "product.h5", rec, scan.metadata["ptychodus"]["product"], scan=scan)
     if scan.object is not None:
         metrics = write_metrics(rec, scan.object, out, args.pixel_size_m, network_metrics)
         logger.info("vs objectGuess: %s", _headline(metrics))

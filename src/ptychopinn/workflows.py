@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,21 @@ __all__ = [
 
 
 def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
-    """Read a scan from an NPZ (SPEC §4.1), a Ptychodus product/diffraction pair or HDF5."""
+    """Read a scan from an NPZ (SPEC §4.1) or a Ptychodus product/diffraction pair (SPEC §4.2).
+
+    A Ptychodus scan is named by its ``product.h5``, its ``diffraction.h5`` or the directory
+    holding both; its patterns are photon counts whatever their dtype.
+    """
     p = Path(path)
-    if p.suffix in (".h5", ".hdf5"):
-        raise DataError(f"{p}: HDF5 / Ptychodus input is not supported yet; convert to a scan NPZ")
+    if p.suffix in (".h5", ".hdf5") or (p.is_dir() and (p / "product.h5").is_file()):
+        from ptychopinn.io.ptychodus_files import read_scan as read_ptychodus_scan
+
+        if units == "amplitude":
+            raise ConfigError(
+                f"{p}: Ptychodus diffraction patterns are photon counts; "
+                "--diffraction-units amplitude does not apply"
+            )
+        return read_ptychodus_scan(p)
     return read_npz(p, units)  # type: ignore[arg-type]
 
 
@@ -143,6 +154,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainingRun:
     """Train a model and write ``output_dir/wts.h5.zip`` plus checkpoints and logs.
 
@@ -155,11 +167,13 @@ def train(
         ``overwrite`` or ``resume``
     val_scan : validation scan (default: a held-out fraction of the groups)
     resume : continue from ``output_dir/checkpoints/last.ckpt``
+    callbacks : extra Lightning callbacks (e.g. Ptychodus's loss collector)
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
     from ptychopinn.data.datamodule import GroupDataModule
+    from ptychopinn.training.callbacks import GracefulShutdown, NonFiniteLossGuard
     from ptychopinn.training.module import PtychoPINNModule
 
     _quiet_lightning()
@@ -200,11 +214,18 @@ def train(
             save_last=True,
             save_top_k=1,
         )
-        callbacks: list[Any] = [checkpoint]
+        trainer_callbacks: list[Any] = [
+            NonFiniteLossGuard(),
+            GracefulShutdown(last),
+            checkpoint,
+            *callbacks,
+        ]
         if t.early_stopping_patience is not None:
-            callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience))
+            trainer_callbacks.append(
+                EarlyStopping(monitor=monitor, patience=t.early_stopping_patience)
+            )
         if progress:
-            callbacks.append(
+            trainer_callbacks.append(
                 TQDMProgressBar(
                     refresh_rate=max(1, _n_groups(train_scan, config) // t.batch_size // 20)
                 )
@@ -218,7 +239,7 @@ def train(
             precision=t.precision,  # type: ignore[arg-type]
             deterministic=t.deterministic,
             logger=_make_logger(config, run_dir),
-            callbacks=callbacks,
+            callbacks=trainer_callbacks,
             default_root_dir=run_dir,
             enable_progress_bar=progress,
             enable_model_summary=False,

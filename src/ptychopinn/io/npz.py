@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,23 +32,31 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise DataError(f"{p}: file not found")
     if p.is_dir():
         raise DataError(f"{p}: expected an NPZ file, got a directory")
+    # numpy and zipfile raise a dozen exception types on damaged, truncated or forged files
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataError(f"{p}: expected an NPZ archive, got a single .npy array")
-            arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError as exc:
-                    raise DataError(
-                        f"{p}: {key}: object arrays are not accepted (would need pickle)"
-                    ) from exc
-            return arrays
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        loaded = np.load(p, allow_pickle=False)
+    except Exception as exc:
         raise DataError(f"{p}: not a readable NPZ file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{p}: expected an NPZ archive, got a single .npy array")
+    with loaded as npz:
+        arrays = {}
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise DataError(f"{p}: {key}: not a readable array ({exc})") from exc
+                raise DataError(
+                    f"{p}: {key}: object arrays are not accepted (would need pickle)"
+                ) from exc
+            except MemoryError as exc:
+                raise DataError(f"{p}: {key}: too large to load ({exc})") from exc
+            except Exception as exc:
+                raise DataError(
+                    f"{p}: {key}: not a readable array ({type(exc).__name__}: {exc})"
+                ) from exc
+        return arrays
 
 
 def scan_from_arrays(
@@ -76,14 +83,18 @@ def scan_from_arrays(
         )
     m = x.shape[0]
     diff = np.asarray(arrays[diff_key])
-    if diff.ndim == 3 and diff.shape[0] != m and diff.shape[2] == m:
+    if diff.ndim != 3:
+        raise DataError(
+            f"{source}: {diff_key}: expected 3 dimensions (M, N, N), got shape {diff.shape}"
+        )
+    if diff.shape[0] != m and diff.shape[2] == m:
         logger.info("%s: %s has legacy (H, W, M) layout; transposing", source, diff_key)
         diff = np.ascontiguousarray(np.transpose(diff, (2, 0, 1)))
-    if diff.ndim == 3 and diff.shape[0] != m:
+    if diff.shape[0] != m:
         raise DataError(
             f"{source}: {diff_key}: expected {m} patterns to match xcoords, got shape {diff.shape}"
         )
-    resolved = resolve_units(diff, units, source, diff_key)
+    resolved = _units_of(diff, units)
 
     def optional(key: str) -> Any:
         return arrays.get(key)
@@ -100,7 +111,7 @@ def scan_from_arrays(
             )
         return _stack_yx(source, xk, xs, ys)
 
-    return ScanData(
+    scan = ScanData(
         diffraction=diff,
         units=resolved,
         positions_px=_stack_yx(source, "xcoords", x, y),
@@ -112,6 +123,9 @@ def scan_from_arrays(
         bad_pixels=optional("bad_pixels"),
         source=source,
     )
+    if units == "auto" and resolved == "amplitude":  # advice only for data that passed
+        _warn_if_counts_like(diff, source, diff_key)
+    return scan
 
 
 def _stack_yx(source: str, name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -129,13 +143,22 @@ def resolve_units(
 
     Warns when float data look like counts (all whole numbers with a large maximum).
     """
-    kind = np.dtype(diff.dtype).kind
+    resolved = _units_of(diff, units)
+    if units == "auto" and resolved == "amplitude":
+        _warn_if_counts_like(diff, source, key)
+    return resolved
+
+
+def _units_of(diff: Any, units: UnitsRequest) -> Literal["amplitude", "counts"]:
     if units != "auto":
         return units
-    if kind in "iu":
-        return "counts"
-    if kind != "f":
-        return "amplitude"  # ScanData rejects the dtype with a clear message
+    # other dtypes: ScanData rejects them with a clear message
+    return "counts" if np.dtype(diff.dtype).kind in "iu" else "amplitude"
+
+
+def _warn_if_counts_like(diff: Any, source: str, key: str) -> None:
+    if np.dtype(diff.dtype).kind != "f":
+        return
     sample = np.asarray(diff[: min(len(diff), 64)])
     if sample.size and np.all(sample == np.round(sample)) and float(sample.max()) > 16:
         logger.warning(
@@ -145,7 +168,6 @@ def resolve_units(
             key,
             float(sample.max()),
         )
-    return "amplitude"
 
 
 def read_npz(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> ScanData:

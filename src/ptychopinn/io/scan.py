@@ -29,6 +29,9 @@ Units = Literal["amplitude", "counts"]
 
 #: Patterns checked at a time when validating a large (possibly on-disk) stack.
 _VALIDATION_CHUNK = 4096
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Positions beyond this many pixels lose sub-pixel precision in float32 (and no canvas fits).
+_MAX_POSITION_PX = 2.0**24
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,11 +108,10 @@ class ScanData:
             )
         if probe.dtype.kind not in "cf":
             raise DataError(f"{src}: probeGuess: expected a complex array, got dtype {probe.dtype}")
-        if not np.all(np.isfinite(probe)):
-            raise DataError(f"{src}: probeGuess: contains NaN or Inf")
+        probe = _complex64(src, "probeGuess", probe)
         if not np.any(probe != 0):
             raise DataError(f"{src}: probeGuess: is all zeros")
-        object.__setattr__(self, "probe", probe.astype(np.complex64))
+        object.__setattr__(self, "probe", probe)
 
         if self.object is not None:
             obj = np.asarray(self.object)
@@ -119,9 +121,7 @@ class ScanData:
                 raise DataError(f"{src}: objectGuess: expected 2 dimensions, got shape {obj.shape}")
             if obj.dtype.kind not in "cf":
                 raise DataError(f"{src}: objectGuess: expected complex, got dtype {obj.dtype}")
-            if not np.all(np.isfinite(obj)):
-                raise DataError(f"{src}: objectGuess: contains NaN or Inf")
-            object.__setattr__(self, "object", obj.astype(np.complex64))
+            object.__setattr__(self, "object", _complex64(src, "objectGuess", obj))
             _check_positions_on_object(src, pos, h, obj.shape)
 
         if self.scan_index is None:
@@ -138,14 +138,17 @@ class ScanData:
             y = np.asarray(self.patches)
             if y.shape != (m, h, w):
                 raise DataError(f"{src}: Y: expected shape ({m}, {h}, {w}), got {y.shape}")
-            if not np.all(np.isfinite(y)):
-                raise DataError(f"{src}: Y: contains NaN or Inf")
-            object.__setattr__(self, "patches", y.astype(np.complex64))
+            if y.dtype.kind not in "cf":
+                raise DataError(f"{src}: Y: expected complex, got dtype {y.dtype}")
+            object.__setattr__(self, "patches", _complex64(src, "Y", y))
 
         if self.bad_pixels is not None:
             bad = np.asarray(self.bad_pixels)
-            if bad.shape != (h, w):
-                raise DataError(f"{src}: bad_pixels: expected shape ({h}, {w}), got {bad.shape}")
+            if bad.shape != (h, w) or bad.dtype.kind not in "biu":
+                raise DataError(
+                    f"{src}: bad_pixels: expected a boolean or integer ({h}, {w}) mask, "
+                    f"got {bad.dtype} {bad.shape}"
+                )
             object.__setattr__(self, "bad_pixels", bad.astype(bool))
 
     # -- derived facts -----------------------------------------------------------------------
@@ -227,7 +230,22 @@ def _real_array(src: str, name: str, value: Any, shape: tuple[int, ...]) -> np.n
         raise DataError(f"{src}: {name}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise DataError(f"{src}: {name}: contains NaN or Inf")
+    if arr.size and np.abs(arr).max() > _MAX_POSITION_PX:
+        raise DataError(
+            f"{src}: {name}: expected positions within +-{_MAX_POSITION_PX:.0f} px, "
+            f"got {np.abs(arr).max():g}"
+        )
     return arr.astype(np.float64)
+
+
+def _complex64(src: str, name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as complex64, refusing NaN/Inf and values beyond the float32 range."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.complex64)
+    if not np.all(np.isfinite(out)):
+        what = "NaN or Inf" if not np.all(np.isfinite(arr)) else "values beyond the float32 range"
+        raise DataError(f"{src}: {name}: contains {what}")
+    return out
 
 
 def _check_stack_values(src: str, d: Any) -> None:
@@ -242,6 +260,10 @@ def _check_stack_values(src: str, d: Any) -> None:
             raise DataError(
                 f"{src}: diffraction: expected non-negative values, got {block.min()} "
                 f"(first at pattern {bad})"
+            )
+        if block.dtype.kind == "f" and block.size and block.max() > _FLOAT32_MAX:
+            raise DataError(
+                f"{src}: diffraction: expected values within the float32 range, got {block.max():g}"
             )
 
 
