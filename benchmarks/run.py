@@ -49,7 +49,7 @@ except ImportError:  # a checkout without an install
     import ptychopinn
 
 sys.path.insert(0, str(HERE))
-from speed_workers import CLI_BATCH, PHOTONS, measure_matmul, peak_memory_mb  # noqa: E402
+from speed_workers import PHOTONS, measure_matmul, peak_memory_mb  # noqa: E402
 
 #: Networks of the CNN family (ModelConfig keywords).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -489,7 +489,7 @@ def run_case(
     case["forward_flops_per_pattern"] = case["predict"]["forward_flops_per_pattern"]
     if "stitch" in todo:
         log(f"{tag} predict + stitch: reconstruct() on {n_patterns} patterns")
-        case["predict_stitch"] = runner.worker("stitch", {**spec, "batch_size": CLI_BATCH})
+        case["predict_stitch"] = runner.worker("stitch", spec)
     if "e2e" in todo:
         log(f"{tag} end-to-end: ptychopinn infer on {n_patterns} patterns")
         case["e2e"] = runner.e2e(bundle, scan_path)

@@ -360,7 +360,13 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
         help="scan to reconstruct",
     )
     _flag(p, "--output_dir", required=True, help="output directory")
-    _flag(p, "--batch_size", type=_positive_int, default=256, help="groups per forward pass (256)")
+    _flag(
+        p,
+        "--batch_size",
+        type=_positive_int,
+        default=None,
+        help="groups per forward pass (default 32 on a CPU, 256 on a GPU)",
+    )
     _flag(p, "--gridsize", type=int, default=None, help="must match the bundle's (checked)")
     p.add_argument("--N", type=int, default=None, help="must match the bundle's (checked)")
     _flag(

@@ -18,12 +18,16 @@ from ptychopinn.data.grouping import group_positions
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
-from ptychopinn.physics.functional import square_support
+from ptychopinn.physics.functional import SHIFT_MARGIN_PX, square_support
 from ptychopinn.stitching import CanvasGeometry, Stitcher, synchronize_phases
 
 logger = logging.getLogger(__name__)
 
 StitchWeights = Literal["support", "probe"]
+
+#: Groups per forward pass when none is given: small batches keep a CPU's activations in
+#: cache (at N = 64, 32 groups run about twice as fast per pattern as 256); a GPU wants many.
+DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
 
 
 @dataclass
@@ -121,21 +125,41 @@ def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Ten
     return support
 
 
+def support_window(bundle: Bundle) -> slice:
+    """Central rows/columns of a patch that stitching needs: the support and a margin.
+
+    Outside the object support the network's patches and the stitching weights are zero, so
+    phase synchronisation and stitching work on this window only (4x fewer pixels at the
+    default support of N/2). The window is centred like the patch, so a window pixel ``j``
+    maps to object pixel ``position - S // 2 + j``.
+    """
+    m = bundle.config.model
+    if m.probe_big:
+        return slice(None)
+    side = min(m.N, m.support_px + 2 * SHIFT_MARGIN_PX)
+    start = m.N // 2 - side // 2
+    return slice(start, start + side)
+
+
 def predict_patches(
     bundle: Bundle,
     amplitude: torch.Tensor,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Network forward pass: normalised amplitudes (B, C, N, N) -> complex patches (B, C, N, N)."""
-    amp, phase = bundle.net(amplitude.to(device))
-    return torch.polar(amp, phase)
+    """Network forward pass: normalised amplitudes (B, C, N, N) -> complex patches (B, C, N, N).
+
+    Runs in channels-last memory format (faster convolutions on CPUs and GPUs, same values).
+    """
+    x = amplitude.to(device).contiguous(memory_format=torch.channels_last)
+    amp, phase = bundle.net(x)
+    return torch.polar(amp.contiguous(), phase.contiguous())
 
 
 def reconstruct(
     bundle: Bundle,
     scan: ScanData,
     n_groups: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
     weights: StitchWeights = "probe",
     synchronize: bool = True,
@@ -144,12 +168,19 @@ def reconstruct(
 
     The normalisation fixed at training time is carried over (rescaled by the
     probe power when the scan's probe differs), so inference reproduces training.
+    ``batch_size`` groups go through the network at a time (default
+    :data:`DEFAULT_BATCH` for the device).
     With ``synchronize`` the arbitrary global phase of each predicted patch is
     aligned to its neighbours before stitching (see :func:`synchronize_phases`).
     """
     m = bundle.config.model
     bundle.check_compatible(N=scan.N, source=scan.source)
     bundle.net.to(device).eval()
+    # channels-last convolutions: same values, faster on CPUs and GPUs (torch's stubs lack
+    # the memory_format overload of Module.to)
+    bundle.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH.get(torch.device(device).type, DEFAULT_BATCH["cuda"])
     normalization = bundle.normalization.for_scan(scan)
     groups = group_positions(
         scan.positions_px, m.gridsize, n_groups, bundle.config.training.seed, scan.scan_index
@@ -158,6 +189,8 @@ def reconstruct(
     used = np.unique(groups.indices)
     geometry = CanvasGeometry.covering(scan.positions_px[used], m.N)
     weight = stitch_weights(bundle, weights)
+    window = support_window(bundle)
+    weight = weight[window, window]
     stitcher = Stitcher(geometry, weight, device=device)
     t0 = time.perf_counter()
     predict_s = 0.0
@@ -166,9 +199,10 @@ def reconstruct(
         for start in range(0, len(groups), batch_size):
             batch = dataset.group_amplitudes(slice(start, start + batch_size))  # (B, C, N, N)
             tp = time.perf_counter()
-            chunks.append(predict_patches(bundle, batch, device).reshape(-1, m.N, m.N).cpu())
+            patches = predict_patches(bundle, batch, device)[..., window, window]
+            chunks.append(patches.reshape(-1, *patches.shape[-2:]).cpu())
             predict_s += time.perf_counter() - tp
-        patches = torch.cat(chunks)  # (G*C, N, N)
+        patches = torch.cat(chunks)  # (G*C, S, S), S = support + margin
         positions = scan.positions_px[groups.indices.reshape(-1)]  # (G*C, 2)
         if synchronize:
             patches = synchronize_phases(patches, positions, weight)

@@ -160,7 +160,11 @@ def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
 
 
 def synchronize_phases(
-    patches: Tensor, positions_px: np.ndarray, weights: Tensor, n_iter: int = 20
+    patches: Tensor,
+    positions_px: np.ndarray,
+    weights: Tensor,
+    n_iter: int = 20,
+    tol_rad: float = 1e-4,
 ) -> Tensor:
     """Remove each patch's arbitrary global phase so overlapping patches agree.
 
@@ -169,7 +173,8 @@ def synchronize_phases(
     each; averaging them unsynchronised destroys the low spatial frequencies of
     the phase. Offsets are initialised along a spanning tree of neighbouring
     patches and polished by ``n_iter`` rounds of aligning each patch to the
-    weighted sum of the others (integer-pixel overlaps suffice for the offsets).
+    weighted sum of the others (integer-pixel overlaps suffice for the offsets), stopping
+    early once no offset changes by more than ``tol_rad``.
 
     Shapes
     ------
@@ -202,5 +207,9 @@ def synchronize_phases(
             0, flat, (weighted * rot).reshape(-1)
         )
         others = canvas[flat].reshape(k, n, n) - weighted * rot
-        phase = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
+        new = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
+        change = torch.angle(torch.polar(torch.ones_like(new), new - phase)).abs().max()
+        phase = new
+        if float(change) < tol_rad:
+            break
     return original * torch.polar(torch.ones_like(phase), phase)[:, None, None]
