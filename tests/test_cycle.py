@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,16 @@ CHEAP = {
 }
 
 
-def run(*args: str, cwd: Path, module: str = "ptychopinn.cli") -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path, module: str = "ptychopinn.cli", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
     )
     return result
 
@@ -191,24 +199,56 @@ def test_gridsize2_end_to_end(work):
         assert rec["positions_px"].shape[0] == 256
 
 
-def test_ddp_two_processes_on_cpu(work):
-    """Lightning DDP (gloo) with 2 CPU processes: one bundle, one log, written by rank 0."""
-    ok(run("train", "--train_data_file", "D.npz", "--output_dir", "DDP", "--max_epochs", "1",
-           "--config", "cheap.json", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+@pytest.fixture(scope="module")
+def reference_metrics(work, trained) -> dict:
+    """Quality of the single-process run (12 epochs, batch 16), the yardstick for DDP."""
+    if not (work / "REF_OUT" / "metrics.json").exists():
+        ok(run("infer", "--model_path", "RUN", "--test_data", "D.npz", "--output_dir", "REF_OUT",
+               cwd=work))  # fmt: skip
+    return _metrics(work / "REF_OUT" / "metrics.json")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_distributed_training_matches_single_process(work, reference_metrics, strategy):
+    """Lightning DDP (gloo) with 2 CPU processes x batch 8 = the single run's global batch 16.
+
+    One bundle, one log, written by rank 0; the bundle reconstructs as well as the
+    single-process run's (same data, seed and epochs; the sample order and the batch
+    statistics differ, so the weights do too).
+    """
+    out = f"DDP_{strategy}"
+    env = {"OMP_NUM_THREADS": "1"}  # two processes on two cores
+    ok(run("train", "--train_data_file", "D.npz", "--output_dir", out, "--max_epochs", "12",
+           "--batch_size", "8", "--config", "cheap.json", "--seed", "0", "--devices", "2",
+           "--strategy", strategy, "--accelerator", "cpu", cwd=work, env=env))  # fmt: skip
+    run_dir = work / out
+    assert (run_dir / "wts.h5.zip").is_file()
+    logs = list(run_dir.glob("lightning_logs/*/metrics.csv"))
+    assert len(logs) == 1
+    assert not (run_dir / ".ptychopinn.lock").exists()
+    with logs[0].open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("patterns_per_s")]
+    assert len(rows) == 12  # one throughput per epoch, summed over the ranks
+    ok(run("infer", "--model_path", out, "--test_data", "D.npz", "--output_dir", out + "_OUT",
            cwd=work))  # fmt: skip
-    run_dir = work / "DDP"
+    m, ref = _metrics(work / (out + "_OUT") / "metrics.json"), reference_metrics
+    assert m["amplitude_ssim"] >= ref["amplitude_ssim"] - 0.05, (m, ref)
+    assert m["phase_ssim"] >= ref["phase_ssim"] - 0.05, (m, ref)
+    assert m["frc50_rings"] >= 0.7 * ref["frc50_rings"], (m, ref)
+
+
+def test_torchrun_launch(work):
+    """Under ``torchrun`` (one process per rank, launched from outside) Lightning joins the group."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "ptychopinn.cli", "train", "--train_data_file", "D.npz", "--output_dir", "TORCHRUN",
+         "--max_epochs", "1", "--batch_size", "8", "--config", "cheap.json", "--devices", "2",
+         "--strategy", "ddp", "--accelerator", "cpu"],
+        cwd=work, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    ok(result)
+    run_dir = work / "TORCHRUN"
     assert (run_dir / "wts.h5.zip").is_file()
     assert len(list(run_dir.glob("lightning_logs/*/metrics.csv"))) == 1
-    assert not (run_dir / ".ptychopinn.lock").exists()
-    ok(
-        run(
-            "infer",
-            "--model_path",
-            "DDP",
-            "--test_data",
-            "D.npz",
-            "--output_dir",
-            "DDP_OUT",
-            cwd=work,
-        )
-    )
+    assert (result.stdout + result.stderr).count("final:") == 1

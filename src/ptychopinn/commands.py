@@ -144,7 +144,7 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ptychopinn.workflows import read_scan, train
+    from ptychopinn.workflows import is_rank_zero_process, read_scan, train
 
     units = args.diffraction_units
     train_scan = read_scan(args.train_data_file, units)
@@ -169,11 +169,14 @@ def run_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    logger.info("bundle: %s", run.bundle_path)
-    logger.info(
-        "final: %s",
-        ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.metrics.items()) if isinstance(v, float)),
-    )
+    if is_rank_zero_process():  # under DDP every rank returns here; one summary is enough
+        logger.info("bundle: %s", run.bundle_path)
+        logger.info(
+            "final: %s",
+            ", ".join(
+                f"{k}={v:.4g}" for k, v in sorted(run.metrics.items()) if isinstance(v, float)
+            ),
+        )
     return 0
 
 

@@ -94,9 +94,8 @@ class PtychoPINNModule(L.LightningModule):
             else:
                 loss = amplitude_mae(predicted, x)
         batch_size = x.shape[0]
-        self.log(
-            f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train"
-        )
+        # mean over ranks (one scalar all-reduce per step under DDP)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if stage != "train":
             variation = output_variation(patches.detach(), self.physics.support)
             self.log(f"{stage}_output_variation", variation, batch_size=batch_size, sync_dist=True)
@@ -115,7 +114,14 @@ class PtychoPINNModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-        self.log("patterns_per_s", self._epoch_patterns / elapsed, prog_bar=True, sync_dist=True)
+        # every rank trains on its own share of the batches: the throughput is their sum
+        self.log(
+            "patterns_per_s",
+            self._epoch_patterns / elapsed,
+            prog_bar=True,
+            sync_dist=True,
+            reduce_fx="sum",
+        )
 
     def on_validation_epoch_end(self) -> None:
         variation = self.trainer.callback_metrics.get("val_output_variation")
