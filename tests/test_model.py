@@ -8,14 +8,21 @@ import torch
 
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.errors import ConfigError
+from ptychopinn.models import build_network
 from ptychopinn.models.cnn import PtychoPINNNet, count_parameters
+from ptychopinn.models.unet import backpropagate
+from ptychopinn.physics.functional import far_field_amplitude, normalize_probe, square_support
 
 
+@pytest.mark.parametrize("architecture", ["ptychopinn", "backprop_unet"])
 @pytest.mark.parametrize("n", [32, 64, 128, 256])
 @pytest.mark.parametrize("gridsize", [1, 2])
-def test_shapes_follow_the_config(n, gridsize):
-    config = ModelConfig(N=n, gridsize=gridsize, n_filters_scale=0.125, stem_stride=2)
-    net = PtychoPINNNet(config).eval()
+def test_shapes_follow_the_config(n, gridsize, architecture):
+    config = ModelConfig(
+        N=n, gridsize=gridsize, n_filters_scale=0.125, stem_stride=2, architecture=architecture
+    )
+    net = build_network(config).eval()
+    net.set_probe(normalize_probe(torch.randn(1, n, n, dtype=torch.complex64)))
     with torch.no_grad():
         amp, phase = net(torch.rand(2, config.C, n, n))
     assert amp.shape == phase.shape == (2, gridsize**2, n, n)
@@ -32,6 +39,39 @@ def test_default_network_size():
     assert 2.0e6 < count_parameters(PtychoPINNNet(ModelConfig())) < 2.6e6
 
 
+def test_backpropagation_inverts_the_physics_where_the_phase_is_the_probes():
+    """A flat object's exit wave has the probe's far-field phase: one step recovers it exactly."""
+    n = 32
+    yy, xx = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
+    r2 = (yy**2 + xx**2).float()
+    probe = normalize_probe(torch.polar((r2 < 64).float(), 0.05 * r2)[None])
+    obj = torch.full((1, 1, n, n), 0.8 + 0j, dtype=torch.complex64)
+    estimate = backpropagate(far_field_amplitude(probe, obj), probe)
+    bright = probe[0].abs() > 0.5 * probe[0].abs().max()
+    # the probe division is regularised: |P|^2 / (|P|^2 + eps) of the true value
+    power = probe[0].abs().square()
+    expected = 0.8 * power / (power + 0.05 * power.max())
+    torch.testing.assert_close(estimate[0, 0][bright], expected[bright].to(torch.complex64))
+
+
+def test_backprop_unet_uses_the_probe_it_is_given():
+    config = ModelConfig(N=32, n_filters_scale=0.25, architecture="backprop_unet")
+    torch.manual_seed(0)
+    net = build_network(config).eval()
+    x = torch.rand(2, 1, 32, 32)
+    p1 = normalize_probe(torch.randn(1, 32, 32, dtype=torch.complex64))
+    p2 = normalize_probe(torch.randn(1, 32, 32, dtype=torch.complex64))
+    net.set_probe(p1)
+    with torch.no_grad():
+        a1, _ = net(x)
+        a1_explicit, _ = net(x, p1)
+        a2, _ = net(x, p2)
+    torch.testing.assert_close(a1, a1_explicit)
+    assert not torch.allclose(a1, a2)
+    support = square_support(32, config.support_px) > 0
+    assert torch.all(a1[..., ~support] == 0)
+
+
 def test_probe_big_fills_the_border():
     config = ModelConfig(N=32, n_filters_scale=0.125, probe_big=True)
     amp, _ = PtychoPINNNet(config).eval()(torch.rand(1, 1, 32, 32))
@@ -39,7 +79,15 @@ def test_probe_big_fills_the_border():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"N": 48}, {"N": 512}, {"gridsize": 0}, {"stem_stride": 3}, {"mode": "x"}]
+    "bad",
+    [
+        {"N": 48},
+        {"N": 512},
+        {"gridsize": 0},
+        {"stem_stride": 3},
+        {"mode": "x"},
+        {"architecture": "x"},
+    ],
 )
 def test_bad_model_config(bad):
     with pytest.raises(ConfigError):

@@ -32,7 +32,8 @@ from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import BundleError, ConfigError
 from ptychopinn.io.atomic import atomic_path
-from ptychopinn.models.cnn import PtychoPINNNet
+from ptychopinn.models import build_network
+from ptychopinn.models.base import ObjectNetwork
 
 FORMAT = "ptychopinn-bundle"
 FORMAT_VERSION = 1
@@ -65,7 +66,7 @@ class Bundle:
 
     config: Config
     normalization: Normalization
-    net: PtychoPINNNet
+    net: ObjectNetwork
     probe: torch.Tensor
     manifest: dict[str, Any]
 
@@ -161,7 +162,7 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
         normalization = Normalization.from_dict(norm_data)
     except (ConfigError, KeyError, TypeError) as exc:
         raise BundleError(f"{p}: config.json/normalization.json: {exc}") from exc
-    net = PtychoPINNNet(config.model)
+    net = build_network(config.model)
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -176,6 +177,7 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
         raise BundleError(
             f"{p}: probe: expected shape (P, {config.model.N}, {config.model.N}), got {tuple(probe.shape)}"
         )
+    net.set_probe(probe)
     return Bundle(config, normalization, net, probe, manifest)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from ptychopinn.errors import ConfigError
 
+Architecture = Literal["ptychopinn", "backprop_unet"]
 AmpActivation = Literal["softplus", "sigmoid", "exp", "relu"]
 Mode = Literal["unsupervised", "supervised"]
 InputTransform = Literal["none", "sqrt", "log1p"]
@@ -57,6 +58,10 @@ class ModelConfig:
         Compression of the normalised amplitudes before the first convolution.
     norm_layer : str
         Normalisation after each convolution: GroupNorm, BatchNorm or none.
+    architecture : str
+        ``ptychopinn``: the encoder and two decoders of PtychoPINN. ``backprop_unet``: the
+        measured amplitudes are propagated back to the sample with the probe's far-field
+        phase, and a real-space U-Net maps that estimate to the object.
     """
 
     N: int = 64
@@ -70,6 +75,7 @@ class ModelConfig:
     mode: Mode = "unsupervised"
     input_transform: InputTransform = "sqrt"
     norm_layer: NormLayer = "batch"
+    architecture: Architecture = "ptychopinn"
 
     def __post_init__(self) -> None:
         if not isinstance(self.N, int) or self.N < 32 or self.N > 256 or self.N & (self.N - 1):
@@ -83,6 +89,7 @@ class ModelConfig:
         _check_choice("mode", self.mode, ("unsupervised", "supervised"))
         _check_choice("input_transform", self.input_transform, ("none", "sqrt", "log1p"))
         _check_choice("norm_layer", self.norm_layer, ("group", "batch", "none"))
+        _check_choice("architecture", self.architecture, ("ptychopinn", "backprop_unet"))
         if not 0.0 < self.object_support_fraction <= 1.0:
             raise ConfigError(
                 f"object_support_fraction: expected in (0, 1], got {self.object_support_fraction!r}"

@@ -17,9 +17,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ptychopinn.config import ModelConfig
+from ptychopinn.models.base import ObjectNetwork
 
 
-def _conv(in_ch: int, out_ch: int, norm: str, stride: int = 1) -> nn.Sequential:
+def conv_block(in_ch: int, out_ch: int, norm: str, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution, optional GroupNorm/BatchNorm, GELU."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)]
     if norm == "group":
         layers.append(nn.GroupNorm(_groups(out_ch), out_ch))
@@ -46,7 +48,7 @@ class _Decoder(nn.Module):
         ladder = list(reversed(filters[:-1])) or [filters[0]]
         for i in range(n_up):
             nxt = ladder[min(i, len(ladder) - 1)]
-            blocks.append(nn.Sequential(_conv(ch, nxt, norm), _conv(nxt, nxt, norm)))
+            blocks.append(nn.Sequential(conv_block(ch, nxt, norm), conv_block(nxt, nxt, norm)))
             ch = nxt
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(ch, out_ch, 3, padding=1)
@@ -58,7 +60,7 @@ class _Decoder(nn.Module):
         return self.head(x), x
 
 
-class PtychoPINNNet(nn.Module):
+class PtychoPINNNet(ObjectNetwork):
     """Diffraction amplitudes -> object amplitude and phase patches.
 
     Shapes
@@ -80,7 +82,9 @@ class PtychoPINNNet(nn.Module):
         for i, f in enumerate(filters):
             stride = config.stem_stride if i == 0 else 1
             layers.append(
-                nn.Sequential(_conv(in_ch, f, norm, stride), _conv(f, f, norm), nn.MaxPool2d(2))
+                nn.Sequential(
+                    conv_block(in_ch, f, norm, stride), conv_block(f, f, norm), nn.MaxPool2d(2)
+                )
             )
             in_ch = f
         self.encoder = nn.Sequential(*layers)
@@ -105,16 +109,9 @@ class PtychoPINNNet(nn.Module):
             self.border = None
 
     def _amplitude(self, x: Tensor) -> Tensor:
-        act = self.config.amp_activation
-        if act == "softplus":
-            return F.softplus(x + 0.5413)  # softplus(0.5413) = 1: unit transmission at zero
-        if act == "sigmoid":
-            return 2.0 * torch.sigmoid(x)
-        if act == "exp":
-            return torch.exp(x.clamp(max=10.0))
-        return F.relu(x + 1.0)
+        return amplitude_activation(x, self.config.amp_activation)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.config.input_transform == "sqrt":
             x = x.clamp_min(0).sqrt()
         elif self.config.input_transform == "log1p":
@@ -130,6 +127,17 @@ class PtychoPINNNet(nn.Module):
             amplitude = amplitude + self.border_mask * self._amplitude(b_amp)
             phase = phase + self.border_mask * math.pi * torch.tanh(b_phase)
         return amplitude, phase
+
+
+def amplitude_activation(x: Tensor, kind: str) -> Tensor:
+    """Positive amplitude from logits; every kind gives unit transmission at zero logits."""
+    if kind == "softplus":
+        return F.softplus(x + 0.5413)  # softplus(0.5413) = 1
+    if kind == "sigmoid":
+        return 2.0 * torch.sigmoid(x)
+    if kind == "exp":
+        return torch.exp(x.clamp(max=10.0))
+    return F.relu(x + 1.0)
 
 
 def object_patches(amplitude: Tensor, phase: Tensor) -> Tensor:

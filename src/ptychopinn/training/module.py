@@ -12,7 +12,8 @@ from torch import Tensor
 
 from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
-from ptychopinn.models.cnn import PtychoPINNNet, object_patches
+from ptychopinn.models import build_network
+from ptychopinn.models.cnn import object_patches
 from ptychopinn.physics.forward import ForwardModel
 from ptychopinn.physics.functional import amplitude_mae, poisson_nll, square_support
 
@@ -40,7 +41,7 @@ def output_variation(patches: Tensor, support: Tensor) -> Tensor:
 
 
 class PtychoPINNModule(L.LightningModule):
-    """Trains :class:`PtychoPINNNet` through the physics (or on labels, supervised).
+    """Trains the network of the config through the physics (or on labels, supervised).
 
     Parameters
     ----------
@@ -62,7 +63,7 @@ class PtychoPINNModule(L.LightningModule):
         self.cfg = Config.from_dict(config)
         self.normalization = Normalization.from_dict(normalization)
         m = self.cfg.model
-        self.net = PtychoPINNNet(m)
+        self.net = build_network(m)
         support = square_support(m.N, m.support_px)
         if probe is None:  # restored from a checkpoint: the state dict fills it
             self.physics = ForwardModel(
@@ -75,7 +76,7 @@ class PtychoPINNModule(L.LightningModule):
 
     def forward(self, amplitude: Tensor) -> Tensor:
         """Complex object patches (B, C, N, N) from normalised amplitudes (B, C, N, N)."""
-        amp, phase = self.net(amplitude)
+        amp, phase = self.net(amplitude, self.physics.probe)
         return object_patches(amp, phase)
 
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
