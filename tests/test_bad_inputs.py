@@ -814,3 +814,122 @@ def test_non_hdf5_h5_file_raises_data_error(work: Path, content: bytes) -> None:
     TRIED["broken .h5 file"] += 1
     with pytest.raises(DataError, match="broken.h5"):
         workflows.read_scan(path)
+
+
+# -- chunked HDF5 scans (ptychopinn's own format) ------------------------------------------------
+def _write_scan_h5(path: Path, attrs: dict[str, Any] | None = None, **overrides: Any) -> Path:
+    """A chunked HDF5 scan holding :func:`valid_arrays`; ``None`` drops a dataset or attribute,
+    ``"group"`` puts a group in a dataset's place."""
+    import h5py
+
+    arrays = {**valid_arrays(), **overrides}
+    root = {"format": "ptychopinn-scan", "format_version": 1, "diffraction_units": "counts"}
+    root.update(attrs or {})
+    with h5py.File(path, "w") as f:
+        for key, value in root.items():
+            if value is not None:
+                f.attrs[key] = value
+        for key, value in arrays.items():
+            if isinstance(value, str) and value == "group":
+                f.create_group(key)
+            elif value is not None and key == "diffraction" and np.ndim(value) == 3:
+                f.create_dataset(key, data=value, chunks=(1, *np.shape(value)[1:]))
+            elif value is not None:
+                f[key] = value
+    return path
+
+
+_NAN_PATTERN = np.ones((M, N, N), np.float32)
+_NAN_PATTERN[3, 2, 2] = np.nan
+H5_SCAN_MUTATIONS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    # name: (dataset overrides, root attribute overrides, fragment of the one-line message)
+    "diffraction missing": ({"diffraction": None}, {}, "missing dataset 'diffraction'"),
+    "diffraction a group": ({"diffraction": "group"}, {}, "expected a dataset"),
+    "diffraction 2-D": ({"diffraction": np.ones((M, N), np.int32)}, {}, "3 dimensions"),
+    "diffraction strings": ({"diffraction": np.full((M, N, N), b"x")}, {}, "dtype"),
+    "diffraction complex": ({"diffraction": np.ones((M, N, N), np.complex64)}, {}, "dtype"),
+    "diffraction count": ({"diffraction": np.ones((M + 1, N, N), np.int32)}, {}, "xcoords"),
+    "diffraction NaN": ({"diffraction": _NAN_PATTERN}, {}, "pattern 3"),
+    "diffraction negative": ({"diffraction": -np.ones((M, N, N), np.int32)}, {}, "non-negative"),
+    "positions strings": ({"xcoords": np.full(M, b"1")}, {}, "xcoords"),
+    "positions missing": ({"ycoords": None}, {}, "missing dataset 'ycoords'"),
+    "probe mismatch": ({"probeGuess": np.ones((2 * N, 2 * N), np.complex64)}, {}, "probeGuess"),
+    "units unknown": ({}, {"diffraction_units": "photons"}, "diffraction_units"),
+    "units missing": ({}, {"diffraction_units": None}, "diffraction_units"),
+    "version 2": ({}, {"format_version": 2}, "format_version"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(H5_SCAN_MUTATIONS))
+def test_bad_hdf5_scan_raises_one_line_data_error(work: Path, name: str) -> None:
+    from ptychopinn import workflows
+
+    overrides, attrs, fragment = H5_SCAN_MUTATIONS[name]
+    path = _write_scan_h5(work / f"scan-{name.replace(' ', '-')}.h5", attrs, **overrides)
+    TRIED["chunked HDF5 scan"] += 1
+    with pytest.raises(DataError) as info:
+        workflows.read_scan(path)
+    message = str(info.value)
+    assert path.name in message and fragment in message, message
+    assert "\n" not in message.strip()
+
+
+def test_valid_hdf5_scan_reads(work: Path) -> None:
+    from ptychopinn import workflows
+
+    scan = workflows.read_scan(_write_scan_h5(work / "scan-valid.h5"))
+    assert scan.n_patterns == M and scan.units == "counts"
+    np.testing.assert_array_equal(scan.diffraction[:], valid_arrays()["diffraction"])
+
+
+def test_damaged_hdf5_chunk_and_truncated_file_raise_data_error(work: Path) -> None:
+    """A compressed chunk that no longer decompresses, and a file cut short: DataError."""
+    import h5py
+
+    from ptychopinn import workflows
+
+    path = work / "scan-damaged.h5"
+    arrays = valid_arrays()
+    _write_scan_h5(path, diffraction=None)
+    with h5py.File(path, "a") as f:
+        f.create_dataset(
+            "diffraction", data=arrays["diffraction"], chunks=(1, N, N), compression="gzip"
+        )
+        info = f["diffraction"].id.get_chunk_info(2)
+    raw = bytearray(path.read_bytes())
+    for i in range(info.byte_offset, info.byte_offset + info.size):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"scan-damaged\.h5: diffraction: cannot read"):
+        workflows.read_scan(path)
+    truncated = work / "scan-truncated.h5"
+    full = _write_scan_h5(work / "scan-full.h5").read_bytes()
+    truncated.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError, match="scan-truncated.h5"):
+        workflows.read_scan(truncated)
+    TRIED["chunked HDF5 scan"] += 2
+
+
+def test_damaged_memory_mapped_npz_member_raises_data_error(work: Path) -> None:
+    """An uncompressed diffraction member is memory-mapped after its CRC-32 is checked."""
+    path = _save(work / "mapped.npz", valid_arrays())
+    assert isinstance(read_npz(path).diffraction, np.memmap)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+        info = zf.getinfo("diffraction.npy")
+    raw[info.header_offset + info.compress_size] ^= 0x01  # a byte of the pattern data
+    path.write_bytes(bytes(raw))
+    assert isinstance(read_outcome(path, "damaged mapped member"), DataError)
+
+
+def test_cli_check_refuses_a_bad_hdf5_scan(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ptychopinn import cli
+
+    monkeypatch.setattr(cli, "_setup_logging", lambda args: None)
+    path = _write_scan_h5(work / "scan-cli.h5", diffraction=_NAN_PATTERN)
+    capsys.readouterr()
+    assert cli.main(["check", str(path)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "scan-cli.h5" in lines[0] and "NaN" in lines[0], lines

@@ -52,6 +52,25 @@ def test_simulate_writes_spec_npz(sim):
         assert npz["diffraction"].dtype.kind == "i"
 
 
+def test_simulate_writes_the_same_scan_as_chunked_hdf5(sim):
+    """``--output X.h5``: written batch by batch, the same patterns as the NPZ; ``check`` reads it."""
+    result = run(
+        "simulate", "--output", "scan.h5", "--N", "32", "--n_images", "64", "--object", "grf",
+        "--photons", "1e5", "--seed", "1", cwd=sim.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from ptychopinn.io.hdf5 import H5Array
+    from ptychopinn.workflows import read_scan
+
+    h5, npz = read_scan(sim.parent / "scan.h5"), read_scan(sim)
+    assert isinstance(h5.diffraction, H5Array) and h5.units == "counts"
+    np.testing.assert_array_equal(h5.diffraction[:], npz.diffraction)
+    np.testing.assert_array_equal(h5.positions_px, npz.positions_px)
+    np.testing.assert_array_equal(h5.probe, npz.probe)
+    summary = json.loads(run("check", "scan.h5", "--json", cwd=sim.parent).stdout)
+    assert summary["patterns"] == 64 and summary["diffraction_units"] == "counts"
+
+
 def test_simulate_refuses_to_overwrite(sim):
     result = run("simulate", "--output", "scan.npz", "--N", "32", cwd=sim.parent)
     assert_user_error(result, "scan.npz", "--overwrite")

@@ -102,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ptychopinn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("simulate", help="simulate a scan and write a SPEC NPZ")
+    p = sub.add_parser("simulate", help="simulate a scan and write a scan NPZ or HDF5 file")
     _common(p)
     add_simulate_arguments(p)
 
     p = sub.add_parser("check", help="validate a data file and print a summary")
     _common(p)
-    p.add_argument("file", help="scan NPZ or Ptychodus product .h5")
+    p.add_argument("file", help="scan NPZ, chunked HDF5 scan, or Ptychodus product .h5")
     _flag(p, "--diffraction_units", choices=["auto", "amplitude", "counts"], default="auto")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -158,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--output", "--output_file", required=True, help="NPZ to write (SPEC §4.1 keys)")
+    _flag(
+        p,
+        "--output",
+        "--output_file",
+        required=True,
+        help="file to write: .npz (SPEC §4.1 keys) or .h5 (chunked HDF5, streamed to disk)",
+    )
     p.add_argument("--N", type=int, default=64, help="pattern size in pixels, power of two (64)")
     _flag(
         p,
@@ -211,7 +217,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--train_data_file",
         "--train_data",
         required=True,
-        help="training scan (NPZ or Ptychodus .h5)",
+        help="training scan (NPZ, chunked HDF5 scan or Ptychodus .h5)",
     )
     _flag(
         p,
@@ -285,6 +291,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=[1, 2],
         default=None,
         help="first-conv stride (2 = cheaper)",
+    )
+    _flag(
+        p,
+        "--architecture",
+        choices=["ptychopinn", "backprop_unet"],
+        default=None,
+        help="network: ptychopinn (encoder + two decoders, default) or backprop_unet "
+        "(back-propagated estimate + real-space U-Net)",
     )
     _flag(p, "--amp_activation", choices=["softplus", "sigmoid", "exp", "relu"], default=None)
     _flag(

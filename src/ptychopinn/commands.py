@@ -20,7 +20,7 @@ logger = logging.getLogger("ptychopinn")
 # -- simulate ------------------------------------------------------------------------------
 def run_simulate(args: argparse.Namespace) -> int:
     from ptychopinn.cli import refuse_existing
-    from ptychopinn.data.simulate import simulate_scan
+    from ptychopinn.data.simulate import simulate_scan, write_simulated_scan_h5
     from ptychopinn.io.npz import write_scan_npz
 
     out = Path(args.output)
@@ -34,26 +34,32 @@ def run_simulate(args: argparse.Namespace) -> int:
             raise DataError(f"{args.probe_file}: missing key 'probeGuess'; found {sorted(arrays)}")
         probe = np.asarray(arrays["probeGuess"])
     start = time.perf_counter()
-    scan = simulate_scan(
-        n=args.N,
-        object_kind=args.object,
-        probe_kind=args.probe,
-        scan_kind=args.scan,
-        n_positions=args.n_images,
-        step_px=args.step_px,
-        photons_per_pattern=None if args.photons == 0 else args.photons,
-        seed=args.seed,
-        probe=probe,
-        jitter_px=args.jitter_px,
-    )
-    write_scan_npz(out, scan)
+    options: dict[str, Any] = {
+        "n": args.N,
+        "object_kind": args.object,
+        "probe_kind": args.probe,
+        "scan_kind": args.scan,
+        "n_positions": args.n_images,
+        "step_px": args.step_px,
+        "photons_per_pattern": None if args.photons == 0 else args.photons,
+        "seed": args.seed,
+        "probe": probe,
+        "jitter_px": args.jitter_px,
+    }
+    if out.suffix in (".h5", ".hdf5"):  # chunked HDF5, written batch by batch
+        info = write_simulated_scan_h5(out, **options)
+        n_patterns, object_shape = info["n_patterns"], info["object_shape"]
+    else:
+        scan = simulate_scan(**options)
+        write_scan_npz(out, scan)
+        n_patterns, object_shape = scan.n_patterns, scan.object.shape  # type: ignore[union-attr]
     logger.info(
         "wrote %s: %d patterns of %dx%d, object %s, %.1f s",
         out,
-        scan.n_patterns,
-        scan.N,
-        scan.N,
-        scan.object.shape if scan.object is not None else None,
+        n_patterns,
+        args.N,
+        args.N,
+        object_shape,
         time.perf_counter() - start,
     )
     return 0
@@ -80,6 +86,7 @@ _MODEL_FLAGS = (
     "gridsize",
     "n_filters_scale",
     "stem_stride",
+    "architecture",
     "amp_activation",
     "probe_big",
     "probe_mask",

@@ -15,11 +15,12 @@ import torch
 from ptychopinn.bundle import Bundle
 from ptychopinn.data.dataset import GroupDataset
 from ptychopinn.data.grouping import group_positions
+from ptychopinn.errors import ConfigError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import SHIFT_MARGIN_PX, square_support
-from ptychopinn.stitching import CanvasGeometry, Stitcher, synchronize_phases
+from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ StitchWeights = Literal["support", "probe"]
 #: Groups per forward pass when none is given: small batches keep a CPU's activations in
 #: cache (at N = 64, 32 groups run about twice as fast per pattern as 256); a GPU wants many.
 DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
+#: Patterns read, predicted, synchronised and stitched together when none is given: memory
+#: is flat in the number of patterns (about 0.6 GB of working memory per chunk at N = 64).
+DEFAULT_CHUNK_PATTERNS = 4096
+#: Patches added to the canvas per call (the scatter's temporaries scale with it).
+_STITCH_BATCH = 1024
 
 
 @dataclass
@@ -163,6 +169,7 @@ def reconstruct(
     device: torch.device | str = "cpu",
     weights: StitchWeights = "probe",
     synchronize: bool = True,
+    chunk_patterns: int = DEFAULT_CHUNK_PATTERNS,
 ) -> Reconstruction:
     """Reconstruct every pattern of ``scan`` (or ``n_groups`` groups) and stitch.
 
@@ -172,7 +179,17 @@ def reconstruct(
     :data:`DEFAULT_BATCH` for the device).
     With ``synchronize`` the arbitrary global phase of each predicted patch is
     aligned to its neighbours before stitching (see :func:`synchronize_phases`).
+
+    Memory is flat in the number of patterns apart from the positions and the canvas:
+    the groups are taken about ``chunk_patterns`` patterns at a time, in an order that keeps
+    each chunk compact on the object (a Hilbert curve through the group centres). Each
+    chunk's patterns are read, predicted, synchronised among themselves and against the
+    canvas stitched so far (one common phase, then each patch against its neighbours and the
+    canvas), and added to the canvas. A scan that fits in one chunk is processed all at once,
+    in its own order.
     """
+    if not isinstance(chunk_patterns, int) or chunk_patterns < 1:
+        raise ConfigError(f"chunk_patterns: expected a positive integer, got {chunk_patterns!r}")
     m = bundle.config.model
     bundle.check_compatible(N=scan.N, source=scan.source)
     bundle.net.to(device).eval()
@@ -185,47 +202,59 @@ def reconstruct(
     groups = group_positions(
         scan.positions_px, m.gridsize, n_groups, bundle.config.training.seed, scan.scan_index
     )
-    dataset = GroupDataset(scan, groups, normalization)
+    dataset = GroupDataset(scan, groups, normalization, cache=False)  # each pattern read once
     used = np.unique(groups.indices)
     geometry = CanvasGeometry.covering(scan.positions_px[used], m.N)
     weight = stitch_weights(bundle, weights)
     window = support_window(bundle)
     weight = weight[window, window]
     stitcher = Stitcher(geometry, weight, device=device)
+    n_patterns = int(groups.indices.size)
+    per_group = int(groups.indices.shape[1])
+    chunked = n_patterns > chunk_patterns
+    order = hilbert_order(groups.centers_px) if chunked else np.arange(len(groups))
+    chunk_groups = max(1, chunk_patterns // per_group)
     t0 = time.perf_counter()
     predict_s = 0.0
-    chunks: list[torch.Tensor] = []
+    n_chunks = 0
     with torch.inference_mode():
-        for start in range(0, len(groups), batch_size):
-            batch = dataset.group_amplitudes(slice(start, start + batch_size))  # (B, C, N, N)
+        for chunk_start in range(0, len(order), chunk_groups):
+            rows = order[chunk_start : chunk_start + chunk_groups]
+            amplitude = dataset.group_amplitudes(rows)  # (B, C, N, N), B <= chunk_groups
             tp = time.perf_counter()
-            patches = predict_patches(bundle, batch, device)[..., window, window]
-            chunks.append(patches.reshape(-1, *patches.shape[-2:]).cpu())
+            chunks = []
+            for start in range(0, len(rows), batch_size):
+                patches = predict_patches(bundle, amplitude[start : start + batch_size], device)
+                patches = patches[..., window, window]  # (b, C, S, S), S = support + margin
+                chunks.append(patches.reshape(-1, *patches.shape[-2:]).cpu())
             predict_s += time.perf_counter() - tp
-        patches = torch.cat(chunks)  # (G*C, S, S), S = support + margin
-        positions = scan.positions_px[groups.indices.reshape(-1)]  # (G*C, 2)
-        if synchronize:
-            patches = synchronize_phases(patches, positions, weight)
-        for start in range(0, patches.shape[0], 4096):
-            stitcher.add(
-                patches[start : start + 4096].to(device),
-                torch.from_numpy(positions[start : start + 4096]),
-            )
+            patches = torch.cat(chunks)  # (B*C, S, S)
+            positions = scan.positions_px[groups.indices[rows].reshape(-1)]  # (B*C, 2)
+            if synchronize:
+                stitcher.add_synchronized(patches, positions, hold_unanchored=chunked)
+            else:
+                for start in range(0, patches.shape[0], _STITCH_BATCH):
+                    stitcher.add(
+                        patches[start : start + _STITCH_BATCH].to(device),
+                        torch.from_numpy(positions[start : start + _STITCH_BATCH]),
+                    )
+            n_chunks += 1
         obj, coverage = stitcher.result()
     elapsed = time.perf_counter() - t0
-    n_patterns = int(groups.indices.size)
     logger.info(
-        "reconstructed %d groups (%d patches) in %.2f s (%.0f patterns/s, network %.2f s)",
+        "reconstructed %d groups (%d patches, %d chunks) in %.2f s (%.0f patterns/s, "
+        "network %.2f s)",
         len(groups),
         n_patterns,
+        n_chunks,
         elapsed,
         n_patterns / max(elapsed, 1e-9),
         predict_s,
     )
     return Reconstruction(
-        object=obj.cpu().numpy().astype(np.complex64),
+        object=obj.cpu().numpy().astype(np.complex64, copy=False),
         origin_px=geometry.origin_px,
-        coverage=coverage.cpu().numpy().astype(np.float32),
+        coverage=coverage.cpu().numpy().astype(np.float32, copy=False),
         positions_px=scan.positions_px[used],
         metadata={
             "N": m.N,
@@ -233,6 +262,8 @@ def reconstruct(
             "n_groups": len(groups),
             "n_patterns": int(len(used)),
             "stitch_weights": weights,
+            "chunk_patterns": chunk_patterns,
+            "n_chunks": n_chunks,
             "elapsed_s": elapsed,
             "network_s": predict_s,
             "source": scan.source,

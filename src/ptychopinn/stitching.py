@@ -7,12 +7,19 @@ The canvas lives on the object pixel grid of the positions: canvas pixel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ptychopinn.physics.functional import scatter_patches, shift
+from ptychopinn.physics.functional import SHIFT_MARGIN_PX, scatter_patches, shift
+
+#: Patches scattered onto the canvas per call of :meth:`Stitcher.add` in ``add_synchronized``.
+_ADD_BATCH = 1024
+#: A patch touches the canvas when the canvas weight under it is at least this fraction of
+#: its own (sum of w * canvas weight >= ANCHOR_FRACTION * sum of w**2).
+ANCHOR_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,10 @@ class CanvasGeometry:
 class Stitcher:
     """Accumulates weighted patches chunk by chunk (memory flat in the number of patterns).
 
+    The canvas holds ``sum(w * patch)`` and ``sum(w)``; the current estimate of the object is
+    their ratio. :meth:`add` places patches as they are; :meth:`add_synchronized` first
+    aligns their arbitrary phases with each other and with the canvas so far.
+
     Parameters
     ----------
     geometry : the canvas on the object grid
@@ -52,22 +63,170 @@ class Stitcher:
         self._numerator = torch.zeros(1, h, w, dtype=torch.complex64, device=device)
         self._denominator = torch.zeros(1, h, w, dtype=torch.float32, device=device)
         self._origin = torch.tensor(geometry.origin_px, dtype=torch.float64, device=device)
+        self._n_added = 0
+        self._held: tuple[Tensor, np.ndarray] | None = None  # (patches, positions) held back
+
+    @property
+    def is_empty(self) -> bool:
+        """True until a patch has been added."""
+        return self._n_added == 0
+
+    @property
+    def n_held(self) -> int:
+        """Patches :meth:`add_synchronized` holds back until they connect to the canvas."""
+        return 0 if self._held is None else int(self._held[0].shape[0])
 
     def add(self, patches: Tensor, positions_px: Tensor) -> None:
-        """Add patches (K, N, N) complex at object positions (K, 2) (y, x)."""
+        """Add patches (K, N, N) complex at object positions (K, 2) (y, x).
+
+        Only the part of the canvas the patches reach is touched, so the temporaries
+        scale with the patches' footprint, not with the canvas.
+        """
+        if patches.shape[0] == 0:
+            return
         device = self._numerator.device
-        pos = (positions_px.to(device=device, dtype=torch.float64) - self._origin)[None]
+        n = patches.shape[-1]
+        pos = positions_px.to(device=device, dtype=torch.float64) - self._origin  # (K, 2)
+        nearest = torch.round(pos)
+        h, w = self.geometry.shape
+        # every pixel a patch's window (with its shift margin) can reach, within the canvas
+        lo = (nearest.min(dim=0).values - n // 2 - SHIFT_MARGIN_PX).clamp_min(0)
+        hi = nearest.max(dim=0).values - n // 2 + n + SHIFT_MARGIN_PX
+        r0, c0 = int(lo[0]), int(lo[1])
+        r1, c1 = min(int(hi[0]), h), min(int(hi[1]), w)
+        local = (pos - torch.tensor([r0, c0], dtype=torch.float64, device=device))[None]
+        shape = (r1 - r0, c1 - c0)
         weighted = (patches.to(device=device, dtype=torch.complex64) * self.weights)[None]
-        self._numerator += scatter_patches(weighted, pos, self.geometry.shape)
-        w = self.weights.expand(patches.shape[0], -1, -1)[None].contiguous()
-        self._denominator += scatter_patches(w, pos, self.geometry.shape)
+        self._numerator[:, r0:r1, c0:c1] += scatter_patches(weighted, local, shape)
+        ones = self.weights.expand(patches.shape[0], -1, -1)[None].contiguous()
+        self._denominator[:, r0:r1, c0:c1] += scatter_patches(ones, local, shape)
+        self._n_added += int(patches.shape[0])
+
+    def add_synchronized(
+        self,
+        patches: Tensor,
+        positions_px: np.ndarray,
+        hold_unanchored: bool = False,
+        **options: Any,
+    ) -> None:
+        """Synchronise the phases of patches and add them to the canvas.
+
+        The patches are aligned among themselves and against the canvas accumulated so far
+        (:func:`synchronize_phases` with the canvas as ``background``), so a scan can be
+        stitched chunk by chunk. ``options`` go to :func:`synchronize_phases`; the phase work
+        runs on the CPU.
+
+        With ``hold_unanchored`` a patch that is not connected, through overlapping patches
+        of this call, to the canvas (to the largest connected group while the canvas is
+        empty) is held back and tried again with the next call, when its neighbours may have
+        arrived: once added, a patch's phase is fixed. At most as many patches are held as
+        this call brings; the longest held are added first. :meth:`result` adds what is
+        still held.
+
+        Shapes
+        ------
+        patches : (K, N, N) complex; positions_px : (K, 2) (y, x)
+        """
+        patches = patches.cpu()
+        positions_px = np.asarray(positions_px, dtype=np.float64)
+        n_new = int(patches.shape[0])
+        if self._held is not None:
+            patches = torch.cat([self._held[0], patches])
+            positions_px = np.concatenate([self._held[1], positions_px])
+            self._held = None
+        if patches.shape[0] == 0:
+            return
+        commit = np.ones(patches.shape[0], dtype=bool)
+        if hold_unanchored:
+            commit = self._anchored(positions_px, patches.shape[-1])
+            excess = int(np.count_nonzero(~commit)) - n_new
+            if excess > 0:
+                commit[np.flatnonzero(~commit)[:excess]] = True
+            if not commit.all():
+                self._held = (patches[~commit], positions_px[~commit])
+            patches, positions_px = patches[commit], positions_px[commit]
+        background = None
+        if not self.is_empty:
+            background = self.weighted_sum_at(positions_px, patches.shape[-1]).cpu()
+        synced = synchronize_phases(
+            patches, positions_px, self.weights.cpu(), background=background, **options
+        )
+        for start in range(0, synced.shape[0], _ADD_BATCH):
+            self.add(
+                synced[start : start + _ADD_BATCH],
+                torch.from_numpy(positions_px[start : start + _ADD_BATCH]),
+            )
+
+    def _anchored(self, positions_px: np.ndarray, size: int) -> np.ndarray:
+        """(K,) bool: patches connected to the canvas through overlapping patches.
+
+        Patches overlap when their frames lie less than ``size / 2`` apart (as in the
+        spanning tree of :func:`synchronize_phases`); a patch touches the canvas when the
+        canvas weight under it is at least :data:`ANCHOR_FRACTION` of its own.
+        """
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+        from scipy.spatial import cKDTree
+
+        k = positions_px.shape[0]
+        pairs = cKDTree(np.round(positions_px)).query_pairs(size / 2, output_type="ndarray")
+        rows, cols = pairs[:, 0], pairs[:, 1]
+        if not self.is_empty:
+            weights = self.weights.cpu()
+            covered = (self.weight_at(positions_px, size).cpu() * weights).sum(dim=(-2, -1))
+            touching = np.flatnonzero(
+                covered.numpy() >= ANCHOR_FRACTION * float(weights.square().sum())
+            )
+            rows = np.concatenate([rows, touching])
+            cols = np.concatenate([cols, np.full(touching.size, k)])
+        graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(k + 1, k + 1))
+        _, labels = connected_components(graph, directed=False)
+        if not self.is_empty:
+            return labels[:k] == labels[k]
+        return labels[:k] == np.argmax(np.bincount(labels[:k]))
+
+    def weighted_sum_at(self, positions_px: np.ndarray, size: int) -> Tensor:
+        """The accumulated ``sum(w * patch)`` in the integer frame of each patch.
+
+        Frame pixel ``(i, j)`` of a patch at ``p`` is canvas pixel
+        ``round(p) - size // 2 + (i, j)`` (the frames :func:`synchronize_phases` compares
+        patches in); pixels off the canvas are 0.
+
+        Shapes
+        ------
+        positions_px : (K, 2) (y, x)
+        returns (K, size, size) complex64, on the stitcher's device
+        """
+        return self._frames(self._numerator[0], positions_px, size)
+
+    def weight_at(self, positions_px: np.ndarray, size: int) -> Tensor:
+        """The accumulated ``sum(w)`` in the integer frame of each patch (K, size, size)."""
+        return self._frames(self._denominator[0], positions_px, size)
+
+    def _frames(self, canvas: Tensor, positions_px: np.ndarray, size: int) -> Tensor:
+        start = np.round(np.asarray(positions_px, dtype=np.float64)).astype(np.int64)
+        start = start - size // 2 - np.asarray(self.geometry.origin_px)  # (K, 2)
+        ar = np.arange(size)
+        rows = torch.from_numpy(start[:, 0, None] + ar).to(canvas.device)  # (K, S)
+        cols = torch.from_numpy(start[:, 1, None] + ar).to(canvas.device)  # (K, S)
+        h, w = self.geometry.shape
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        values = canvas[rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+        return values * inside  # (K, S, S)
 
     def result(self, min_weight: float = 1e-3) -> tuple[Tensor, Tensor]:
-        """Weighted average (H, W) complex64 and summed weight (H, W); uncovered pixels are 0."""
+        """Weighted average (H, W) complex64 and summed weight (H, W); uncovered pixels are 0.
+
+        Patches still held by :meth:`add_synchronized` are synchronised and added first.
+        """
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.add_synchronized(*held)
         den = self._denominator[0]
         covered = den > min_weight * den.max().clamp_min(1e-12)
-        obj = torch.where(covered, self._numerator[0] / torch.where(covered, den, 1.0), 0)
-        return obj, torch.where(covered, den, 0.0)
+        obj = self._numerator[0] / den.clamp_min(1e-30)  # covered pixels have den > 0
+        obj[~covered] = 0
+        return obj, den * covered
 
 
 def stitch(
@@ -101,7 +260,55 @@ def stitch(
     return obj, weight, geometry
 
 
-__all__ = ["CanvasGeometry", "Stitcher", "stitch", "synchronize_phases"]
+__all__ = ["CanvasGeometry", "Stitcher", "hilbert_order", "stitch", "synchronize_phases"]
+
+
+def hilbert_order(points_px: np.ndarray, cell_px: float | None = None) -> np.ndarray:
+    """Indices that walk ``points_px`` along a Hilbert curve over square cells.
+
+    Consecutive runs of the order are compact regions of the plane, so a scan processed in
+    chunks of this order gives chunks that each overlap what came before along a short
+    boundary. Points in one cell keep their given order.
+
+    Parameters
+    ----------
+    points_px : (K, 2) (y, x)
+    cell_px : cell side; default about one point per cell (sqrt of the bounding box area
+        per point)
+
+    Shapes
+    ------
+    returns (K,) int64, a permutation
+
+    >>> grid = np.array([(y, x) for y in range(4) for x in range(4)], dtype=float)
+    >>> order = hilbert_order(grid, 1.0)
+    >>> steps = np.abs(np.diff(grid[order], axis=0)).sum(axis=1)
+    >>> bool(np.all(steps == 1))  # every step goes to a neighbouring cell
+    True
+    """
+    pts = np.asarray(points_px, dtype=np.float64)
+    k = pts.shape[0]
+    if k < 2:
+        return np.arange(k, dtype=np.int64)
+    lo = pts.min(axis=0)
+    span = np.maximum(pts.max(axis=0) - lo, 1e-9)
+    if cell_px is None:
+        cell_px = max(float(np.sqrt(span[0] * span[1] / k)), float(span.max()) / 2**20, 1e-9)
+    cells = np.floor((pts - lo) / cell_px).astype(np.int64)  # (K, 2)
+    side = 1 << max(1, int(cells.max()).bit_length())
+    x, y = cells[:, 1].copy(), cells[:, 0].copy()
+    d = np.zeros(k, dtype=np.int64)
+    s = side // 2
+    while s > 0:  # the classic xy -> d conversion, vectorised
+        rx = (x & s) > 0
+        ry = (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        flip = ~ry & rx
+        x = np.where(flip, side - 1 - x, x)
+        y = np.where(flip, side - 1 - y, y)
+        x, y = np.where(ry, x, y), np.where(ry, y, x)
+        s //= 2
+    return np.argsort(d, kind="stable").astype(np.int64)
 
 
 def _integer_frames(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, CanvasGeometry]:
@@ -110,11 +317,16 @@ def _integer_frames(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, Canva
     return start, geometry
 
 
-def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
+def _tree_phases(
+    patches: Tensor, start: np.ndarray, weights: Tensor, anchor: Tensor | None = None
+) -> Tensor:
     """Initial phase offsets (K,) from a minimum spanning tree of neighbouring patches.
 
     Each patch is rotated to agree with its parent on their overlap; offsets are
-    accumulated from the root by pointer jumping (vectorised, log2(K) steps).
+    accumulated from the root by pointer jumping (vectorised, log2(K) steps). Patches with
+    a non-zero ``anchor`` (K,) complex (their overlap with a fixed canvas) hang from a
+    virtual root, the canvas: they take the phase ``angle(anchor)`` and the tree grows from
+    them, so the patches agree with the canvas where they meet it.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
@@ -127,12 +339,25 @@ def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
     cols = nbr.reshape(-1)
     d = dist.reshape(-1)
     keep = (rows != cols) & (d < n / 2)
-    graph = coo_matrix((d[keep] + 1e-6, (rows[keep], cols[keep])), shape=(k, k))
+    rows, cols, d = rows[keep], cols[keep], d[keep] + 1e-6
+    anchored = np.zeros(k, dtype=bool) if anchor is None else (anchor != 0).numpy()
+    if anchored.any():  # virtual node k = the canvas, joined by the shortest edges
+        linked = np.flatnonzero(anchored)
+        rows = np.concatenate([rows, linked])
+        cols = np.concatenate([cols, np.full(linked.size, k)])
+        d = np.concatenate([d, np.full(linked.size, 1e-9)])
+    graph = coo_matrix((d, (rows, cols)), shape=(k + 1, k + 1))
     mst = minimum_spanning_tree(graph)
     mst = mst + mst.T
-    parent = np.arange(k)
+    parent = np.arange(k + 1)
+    unassigned = np.ones(k + 1, dtype=bool)
+    unassigned[k] = False
+    if anchored.any():
+        order, pred = breadth_first_order(mst, k, directed=False)
+        has_parent = pred[order] >= 0
+        parent[order[has_parent]] = pred[order][has_parent]
+        unassigned[order] = False
     centre = start.mean(axis=0)
-    unassigned = np.ones(k, dtype=bool)
     while unassigned.any():  # one pass per connected component of the scan
         candidates = np.flatnonzero(unassigned)
         root = candidates[np.argmin(np.linalg.norm(start[candidates] - centre, axis=1))]
@@ -140,6 +365,11 @@ def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
         has_parent = pred[order] >= 0
         parent[order[has_parent]] = pred[order][has_parent]
         unassigned[order] = False
+    root_phase = torch.zeros(k, dtype=torch.float64)
+    on_canvas = parent[:k] == k  # children of the virtual root become roots of their own
+    if anchor is not None:
+        root_phase[on_canvas] = torch.angle(anchor[on_canvas]).double()
+    parent = np.where(on_canvas, np.arange(k + 1)[:k], parent[:k])
     # overlap of each patch with its parent, in the patch's own frame
     d_px = torch.from_numpy(start - start[parent])  # (K, 2): parent frame = own frame + d
     ar = torch.arange(n)
@@ -156,6 +386,8 @@ def _tree_phases(patches: Tensor, start: np.ndarray, weights: Tensor) -> Tensor:
     for _ in range(int(np.ceil(np.log2(max(k, 2)))) + 1):
         accumulated = accumulated + accumulated[pointer]
         pointer = pointer[pointer]
+    if anchor is not None:
+        accumulated = accumulated + root_phase[pointer]
     return accumulated.float()
 
 
@@ -165,6 +397,7 @@ def synchronize_phases(
     weights: Tensor,
     n_iter: int = 20,
     tol_rad: float = 1e-4,
+    background: Tensor | None = None,
 ) -> Tensor:
     """Remove each patch's arbitrary global phase so overlapping patches agree.
 
@@ -176,15 +409,23 @@ def synchronize_phases(
     weighted sum of the others (integer-pixel overlaps suffice for the offsets), stopping
     early once no offset changes by more than ``tol_rad``.
 
+    ``background`` holds, for each patch, the weighted sum of patches stitched before (see
+    :meth:`Stitcher.weighted_sum_at`), which stays fixed. The spanning tree then grows from
+    the canvas: a patch the canvas covers with at least :data:`ANCHOR_FRACTION` of its own
+    weight takes the phase that agrees with the canvas, its neighbours follow it (one common
+    phase when no patch is covered that well), and the rounds align each patch to the others
+    plus the background. This lets a scan be synchronised chunk by chunk.
+
     Shapes
     ------
     patches : (K, N, N) complex
     positions_px : (K, 2) (y, x)
     weights : (N, N)
+    background : (K, N, N) complex, optional
     returns (K, N, N) complex, each patch times a unit phase factor
     """
     k, n = patches.shape[0], patches.shape[-1]
-    if k < 2:
+    if k == 0 or (k < 2 and background is None):
         return patches
     original = patches.to(torch.complex64)
     weights = weights.to(torch.float32)
@@ -193,20 +434,34 @@ def synchronize_phases(
     # resample each patch onto the integer grid of its window so overlaps compare like with like
     residual = torch.from_numpy(positions_px - np.round(positions_px)).to(torch.float32)
     patches = shift(original, residual) if bool(torch.any(residual != 0)) else original
-    phase = _tree_phases(patches, start, weights)
+    weighted = patches * weights  # (K, N, N)
+    anchor = None
+    if background is not None:
+        background = background.to(device=patches.device, dtype=torch.complex64)
+        # patches the canvas covers with a fair share of a patch's weight anchor the tree
+        anchor = (weighted.conj() * background).sum(dim=(-2, -1))  # (K,)
+        own = weighted.abs().square().sum(dim=(-2, -1))
+        anchor = torch.where(anchor.abs() >= ANCHOR_FRACTION * own, anchor, 0)
+    phase = _tree_phases(patches, start, weights, anchor) if k > 1 else torch.zeros(k)
+    if anchor is not None and k == 1:
+        phase = torch.angle(anchor).float()
+    if background is not None and anchor is not None and not bool(torch.any(anchor != 0)):
+        rot = torch.polar(torch.ones_like(phase), phase)[:, None, None]
+        phase = phase + torch.angle(((weighted * rot).conj() * background).sum())
     h, w = geometry.shape
     ar = torch.arange(n)
     st = torch.from_numpy(start)
     flat = ((st[:, 0, None, None] + ar[:, None]) * w + st[:, 1, None, None] + ar[None, :]).reshape(
         -1
     )
-    weighted = patches * weights  # (K, N, N)
     for _ in range(n_iter):
         rot = torch.polar(torch.ones_like(phase), phase)[:, None, None]
         canvas = torch.zeros(h * w, dtype=torch.complex64).index_add(
             0, flat, (weighted * rot).reshape(-1)
         )
         others = canvas[flat].reshape(k, n, n) - weighted * rot
+        if background is not None:
+            others = others + background
         new = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
         change = torch.angle(torch.polar(torch.ones_like(new), new - phase)).abs().max()
         phase = new

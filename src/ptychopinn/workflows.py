@@ -47,12 +47,20 @@ __all__ = [
 
 
 def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
-    """Read a scan from an NPZ (SPEC §4.1) or a Ptychodus product/diffraction pair (SPEC §4.2).
+    """Read a scan from an NPZ (SPEC §4.1), a chunked HDF5 scan, or a Ptychodus pair (SPEC §4.2).
 
-    A Ptychodus scan is named by its ``product.h5``, its ``diffraction.h5`` or the directory
-    holding both; its patterns are photon counts whatever their dtype.
+    An ``.h5`` / ``.hdf5`` file with the root attribute ``format = "ptychopinn-scan"`` is a
+    chunked HDF5 scan (:mod:`ptychopinn.io.hdf5`), whose patterns stream from disk. Any other
+    HDF5 file, or a directory holding ``product.h5``, is a Ptychodus scan named by its
+    ``product.h5``, its ``diffraction.h5`` or the directory; its patterns are photon counts
+    whatever their dtype. An NPZ saved without compression has its patterns memory-mapped.
     """
     p = Path(path)
+    if p.suffix in (".h5", ".hdf5") and p.is_file():
+        from ptychopinn.io.hdf5 import is_scan_h5, read_scan_h5
+
+        if is_scan_h5(p):
+            return read_scan_h5(p, units)  # type: ignore[arg-type]
     if p.suffix in (".h5", ".hdf5") or (p.is_dir() and (p / "product.h5").is_file()):
         from ptychopinn.io.ptychodus_files import read_scan as read_ptychodus_scan
 

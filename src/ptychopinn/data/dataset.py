@@ -17,6 +17,8 @@ from ptychopinn.physics.functional import extract_patches, intensity_scale
 
 #: Patterns held in memory as normalised float32 below this many bytes; larger scans stream.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+#: Patterns converted at a time while filling the in-memory cache.
+_CACHE_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class GroupDataset(Dataset):
     * ``offsets`` (C, 2) float32, (y, x) relative to the group centre
     * ``index`` (C,) int64, pattern indices
     * ``patches`` (C, N, N) complex64, ground-truth object patches (``with_labels`` only)
+
+    ``cache``: hold every normalised amplitude in memory (float32); ``None``: when they take
+    at most :data:`IN_MEMORY_LIMIT_BYTES`. Otherwise each item reads its patterns from the
+    scan, which may stream from disk (HDF5, memory-mapped NPZ).
     """
 
     def __init__(
@@ -83,14 +89,21 @@ class GroupDataset(Dataset):
         groups: Groups,
         normalization: Normalization,
         with_labels: bool = False,
+        cache: bool | None = None,
     ):
         self.scan = scan
         self.groups = groups
         self.factor = np.float32(normalization.amplitude_factor)
         self.with_labels = with_labels
         n = scan.N
-        if scan.n_patterns * n * n * 4 <= IN_MEMORY_LIMIT_BYTES:
-            self._amplitude: torch.Tensor | None = torch.from_numpy(scan.amplitudes() * self.factor)
+        if cache is None:
+            cache = scan.n_patterns * n * n * 4 <= IN_MEMORY_LIMIT_BYTES
+        if cache:
+            amplitude = np.empty((scan.n_patterns, n, n), dtype=np.float32)
+            for start in range(0, scan.n_patterns, _CACHE_CHUNK):  # no full-size temporaries
+                block = slice(start, start + _CACHE_CHUNK)
+                amplitude[block] = scan.amplitudes(block) * self.factor
+            self._amplitude: torch.Tensor | None = torch.from_numpy(amplitude)
         else:
             self._amplitude = None
         self._labels: torch.Tensor | None = None
@@ -100,12 +113,18 @@ class GroupDataset(Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
-    def group_amplitudes(self, rows: slice | int) -> torch.Tensor:
-        """Normalised amplitudes of groups ``rows``: (B, C, N, N), or (C, N, N) for an int."""
+    def group_amplitudes(self, rows: slice | int | np.ndarray) -> torch.Tensor:
+        """Normalised amplitudes of groups ``rows`` (slice, int or index array).
+
+        Shapes
+        ------
+        returns (B, C, N, N), or (C, N, N) for an int
+        """
         idx = self.groups.indices[rows]
         if self._amplitude is not None:
             return self._amplitude[torch.from_numpy(idx)]
-        flat = self.scan.amplitudes(idx.reshape(-1)) * self.factor
+        flat = self.scan.amplitudes(idx.reshape(-1))  # a fresh array (fancy indexing)
+        flat *= self.factor
         return torch.from_numpy(flat.reshape(idx.shape + flat.shape[-2:]))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal, get_args
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -311,12 +314,171 @@ def simulate_scan(
 
     The returned scan holds ``object``, ``patches`` (``Y``, kept below ``PATCHES_LIMIT_BYTES``)
     and ``nominal_positions_px`` (no jitter); its probe is scaled so that
-    ``far_field_amplitude(probe, Y)**2`` are the expected counts.
+    ``far_field_amplitude(probe, Y)**2`` are the expected counts. For scans larger than
+    memory see :func:`write_simulated_scan_h5`, which gives the same patterns.
 
     Shapes
     ------
     diffraction (M, N, N); positions_px (M, 2); probe (P, N, N); object (Ho, Wo)
     """
+    setup = _prepare(
+        n=n,
+        object_kind=object_kind,
+        probe_kind=probe_kind,
+        scan_kind=scan_kind,
+        n_positions=n_positions,
+        step_px=step_px,
+        photons_per_pattern=photons_per_pattern,
+        seed=seed,
+        probe=probe,
+        object_size=object_size,
+        jitter_px=jitter_px,
+    )
+    m = setup.positions.shape[0]
+    keep_patches = m * n * n * 8 < PATCHES_LIMIT_BYTES
+    amplitude, patches = _diffract(setup.object, setup.probe, setup.positions, keep_patches)
+    probe_modes = setup.probe
+    if photons_per_pattern is None:
+        diffraction = amplitude
+    else:
+        factor = _photon_factor(_total_intensities(amplitude), photons_per_pattern)
+        diffraction = np.empty(amplitude.shape, dtype=np.int32)
+        for start in range(0, m, BATCH_SIZE):
+            block = slice(start, start + BATCH_SIZE)
+            diffraction[block] = _poisson_counts(amplitude[block], factor, setup.noise_rng)
+        probe_modes = probe_modes * np.float32(math.sqrt(factor))
+    logger.info(
+        "simulated %d patterns of %dx%d on a %s object: %s",
+        m,
+        n,
+        n,
+        setup.object.shape,
+        setup.metadata,
+    )
+    return ScanData(
+        diffraction=diffraction,
+        units="amplitude" if photons_per_pattern is None else "counts",
+        positions_px=setup.positions,
+        probe=probe_modes,
+        object=setup.object,
+        nominal_positions_px=setup.nominal,
+        scan_index=np.zeros(m, dtype=np.int64),
+        patches=patches,
+        source="simulated",
+        metadata=setup.metadata,
+    )
+
+
+def write_simulated_scan_h5(
+    path: str | os.PathLike[str],
+    *,
+    n: int = 64,
+    object_kind: ObjectKind = "grf",
+    probe_kind: ProbeKind = "disk",
+    scan_kind: ScanKind = "raster",
+    n_positions: int = 256,
+    step_px: float | None = None,
+    photons_per_pattern: float | None = 1e6,
+    seed: int = 0,
+    probe: np.ndarray | None = None,
+    object_size: tuple[int, int] | None = None,
+    jitter_px: float = 0.5,
+) -> dict[str, Any]:
+    """Simulate a scan straight into a chunked HDF5 scan (:mod:`ptychopinn.io.hdf5`).
+
+    Takes the arguments of :func:`simulate_scan` and writes the same patterns, positions,
+    probe and object (no ``Y``), :data:`BATCH_SIZE` patterns at a time: memory holds the
+    object, the positions and one batch, whatever the number of patterns. With Poisson
+    noise the amplitudes are computed twice (a first pass fixes the photon scale).
+    Returns the simulation's metadata (with ``n_patterns`` and ``object_shape``).
+
+    Shapes
+    ------
+    writes diffraction (M, N, N), xcoords/ycoords (M,), probeGuess (N, N) or (P, N, N),
+    objectGuess (Ho, Wo)
+    """
+    from ptychopinn.io.hdf5 import scan_h5_writer
+
+    setup = _prepare(
+        n=n,
+        object_kind=object_kind,
+        probe_kind=probe_kind,
+        scan_kind=scan_kind,
+        n_positions=n_positions,
+        step_px=step_px,
+        photons_per_pattern=photons_per_pattern,
+        seed=seed,
+        probe=probe,
+        object_size=object_size,
+        jitter_px=jitter_px,
+    )
+    m = setup.positions.shape[0]
+    probe_modes = setup.probe
+    factor = 1.0
+    if photons_per_pattern is not None:
+        totals = np.concatenate(
+            [
+                _total_intensities(amplitude)
+                for amplitude, _ in _amplitude_batches(setup.object, probe_modes, setup.positions)
+            ]
+        )  # (M,)
+        factor = _photon_factor(totals, photons_per_pattern)
+        probe_modes = probe_modes * np.float32(math.sqrt(factor))
+    with scan_h5_writer(
+        path,
+        n_patterns=m,
+        n=n,
+        dtype=np.float32 if photons_per_pattern is None else np.int32,
+        units="amplitude" if photons_per_pattern is None else "counts",
+        positions_px=setup.positions,
+        probe=probe_modes,
+        object=setup.object,
+        nominal_positions_px=setup.nominal,
+        scan_index=np.zeros(m, dtype=np.int64),
+    ) as sink:
+        for amplitude, _ in _amplitude_batches(setup.object, setup.probe, setup.positions):
+            if photons_per_pattern is None:
+                sink.append(amplitude)
+            else:
+                sink.append(_poisson_counts(amplitude, factor, setup.noise_rng))
+    logger.info(
+        "simulated %d patterns of %dx%d on a %s object into %s: %s",
+        m,
+        n,
+        n,
+        setup.object.shape,
+        path,
+        setup.metadata,
+    )
+    return {**setup.metadata, "n_patterns": m, "N": n, "object_shape": setup.object.shape}
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything of a simulated scan but its diffraction (the probe not yet scaled)."""
+
+    object: np.ndarray  # (Ho, Wo) complex64
+    probe: np.ndarray  # (P, N, N) complex64
+    positions: np.ndarray  # (M, 2)
+    nominal: np.ndarray  # (M, 2)
+    noise_rng: np.random.Generator
+    metadata: dict[str, Any]
+
+
+def _prepare(
+    *,
+    n: int,
+    object_kind: ObjectKind,
+    probe_kind: ProbeKind,
+    scan_kind: ScanKind,
+    n_positions: int,
+    step_px: float | None,
+    photons_per_pattern: float | None,
+    seed: int,
+    probe: np.ndarray | None,
+    object_size: tuple[int, int] | None,
+    jitter_px: float,
+) -> _Setup:
     if photons_per_pattern is not None and not photons_per_pattern > 0:
         raise ConfigError(f"photons_per_pattern: expected > 0 or None, got {photons_per_pattern}")
     obj_rng, scan_rng, noise_rng = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(3))
@@ -325,23 +487,7 @@ def simulate_scan(
     nominal = make_scan_positions(scan_kind, n_positions, step, scan_rng)  # (M, 2)
     positions = _jitter(nominal, jitter_px, scan_rng)  # (M, 2)
     offset, shape = _placement(positions, n, object_size)
-    positions, nominal = positions + offset, nominal + offset
     obj = make_object(object_kind, shape, obj_rng, image_pair=seed)
-    m = positions.shape[0]
-    amplitude, patches = _diffract(obj, probe_modes, positions, m * n * n * 8 < PATCHES_LIMIT_BYTES)
-    if photons_per_pattern is None:
-        diffraction = amplitude
-    else:
-        totals = np.sum(np.square(amplitude, dtype=np.float64), axis=(1, 2))  # (M,)
-        factor = photons_per_pattern / float(totals.mean())
-        if factor * totals.max() > _MAX_EXPECTED_COUNT:
-            raise ConfigError(f"photons_per_pattern: {photons_per_pattern:g} overflows int32")
-        diffraction = np.empty(amplitude.shape, dtype=np.int32)
-        for start in range(0, m, BATCH_SIZE):
-            block = slice(start, start + BATCH_SIZE)
-            expected = factor * np.square(amplitude[block], dtype=np.float64)  # (B, N, N)
-            diffraction[block] = noise_rng.poisson(expected)
-        probe_modes = probe_modes * np.float32(math.sqrt(factor))
     metadata = {
         "object_kind": object_kind,
         "probe_kind": probe_kind if probe is None else "given",
@@ -351,19 +497,28 @@ def simulate_scan(
         "jitter_px": jitter_px,
         "seed": seed,
     }
-    logger.info("simulated %d patterns of %dx%d on a %s object: %s", m, n, n, shape, metadata)
-    return ScanData(
-        diffraction=diffraction,
-        units="amplitude" if photons_per_pattern is None else "counts",
-        positions_px=positions,
-        probe=probe_modes,
-        object=obj,
-        nominal_positions_px=nominal,
-        scan_index=np.zeros(m, dtype=np.int64),
-        patches=patches,
-        source="simulated",
-        metadata=metadata,
-    )
+    return _Setup(obj, probe_modes, positions + offset, nominal + offset, noise_rng, metadata)
+
+
+def _total_intensities(amplitude: np.ndarray) -> np.ndarray:
+    """Summed intensity per pattern (B,) float64 of amplitudes (B, N, N)."""
+    return np.sum(np.square(amplitude, dtype=np.float64), axis=(1, 2))
+
+
+def _photon_factor(totals: np.ndarray, photons_per_pattern: float) -> float:
+    """Scale of the intensities giving ``photons_per_pattern`` on average (totals: (M,))."""
+    factor = photons_per_pattern / float(totals.mean())
+    if factor * totals.max() > _MAX_EXPECTED_COUNT:
+        raise ConfigError(f"photons_per_pattern: {photons_per_pattern:g} overflows int32")
+    return factor
+
+
+def _poisson_counts(
+    amplitude: np.ndarray, factor: float, noise_rng: np.random.Generator
+) -> np.ndarray:
+    """Poisson counts (B, N, N) int32 with mean ``factor * amplitude**2``."""
+    expected = factor * np.square(amplitude, dtype=np.float64)  # (B, N, N)
+    return noise_rng.poisson(expected).astype(np.int32)
 
 
 def _probe_from_array(probe: np.ndarray, n: int) -> np.ndarray:
@@ -396,21 +551,33 @@ def _placement(
     return n // 2 - lo + spare, (shape[0], shape[1])
 
 
+def _amplitude_batches(
+    obj: np.ndarray, probe: np.ndarray, positions: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Noise-free amplitudes (B, N, N) float32 and patches (B, N, N) complex64, B =
+    :data:`BATCH_SIZE` patterns at a time (fewer in the last batch)."""
+    m, n = positions.shape[0], probe.shape[-1]
+    canvas = torch.from_numpy(obj)[None]  # (1, Ho, Wo)
+    probe_t = torch.from_numpy(probe)  # (P, N, N)
+    with torch.no_grad():
+        for start in range(0, m, BATCH_SIZE):
+            pos = torch.from_numpy(positions[start : start + BATCH_SIZE])[None]  # (1, B, 2)
+            patch = extract_patches(canvas, pos, n)[0]  # (B, N, N)
+            yield far_field_amplitude(probe_t, patch).numpy(), patch.numpy()
+
+
 def _diffract(
     obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, keep_patches: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Noise-free amplitudes (M, N, N) float32 and, if asked, the patches (M, N, N) complex64."""
     m, n = positions.shape[0], probe.shape[-1]
-    canvas = torch.from_numpy(obj)[None]  # (1, Ho, Wo)
-    probe_t = torch.from_numpy(probe)  # (P, N, N)
     amplitude = np.empty((m, n, n), dtype=np.float32)
     patches = np.empty((m, n, n), dtype=np.complex64) if keep_patches else None
-    with torch.no_grad():
-        for start in range(0, m, BATCH_SIZE):
-            block = slice(start, start + BATCH_SIZE)
-            pos = torch.from_numpy(positions[block])[None]  # (1, B, 2)
-            patch = extract_patches(canvas, pos, n)[0]  # (B, N, N)
-            amplitude[block] = far_field_amplitude(probe_t, patch).numpy()
-            if patches is not None:
-                patches[block] = patch.numpy()
+    start = 0
+    for amp, patch in _amplitude_batches(obj, probe, positions):
+        block = slice(start, start + amp.shape[0])
+        amplitude[block] = amp
+        if patches is not None:
+            patches[block] = patch
+        start = block.stop
     return amplitude, patches

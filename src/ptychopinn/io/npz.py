@@ -1,10 +1,19 @@
-"""Scan NPZ files (SPEC §4.1): read into :class:`ScanData`, write atomically."""
+"""Scan NPZ files (SPEC §4.1): read into :class:`ScanData`, write atomically.
+
+The diffraction stack of an NPZ written without compression (``np.savez``, as
+:func:`write_scan_npz` does) is memory-mapped rather than loaded: the zip member's bytes are
+the ``.npy`` file itself, so only the patterns in use are read from disk. Compressed NPZs
+(``np.savez_compressed``) are loaded into memory.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,14 +27,25 @@ logger = logging.getLogger(__name__)
 
 UnitsRequest = Literal["auto", "amplitude", "counts"]
 
+#: NPZ keys memory-mapped when stored uncompressed (the diffraction stack, SPEC §4.1).
+MAPPED_KEYS = ("diffraction", "diff3d")
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+_CRC_BLOCK_BYTES = 16 * 1024**2
 
-def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+
+def load_npz_arrays(
+    path: str | os.PathLike[str], mmap_keys: tuple[str, ...] = MAPPED_KEYS
+) -> dict[str, np.ndarray]:
     """Load every array of an NPZ without ever unpickling.
+
+    Members named in ``mmap_keys`` that are stored uncompressed as C-ordered 3-D real
+    arrays come back as read-only ``np.memmap`` (their CRC-32 checked first); all other
+    members are loaded.
 
     Raises
     ------
     DataError
-        Missing file, not an NPZ, truncated, or holding object arrays.
+        Missing file, not an NPZ, truncated, damaged, or holding object arrays.
     """
     p = Path(path)
     if not p.exists():
@@ -40,8 +60,13 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise DataError(f"{p}: expected an NPZ archive, got a single .npy array")
     with loaded as npz:
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for key in npz.files:
+            if key in mmap_keys and npz.zip is not None:
+                mapped = _map_member(p, npz.zip, key)
+                if mapped is not None:
+                    arrays[key] = mapped
+                    continue
             try:
                 arrays[key] = npz[key]
             except ValueError as exc:
@@ -57,6 +82,68 @@ def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"{p}: {key}: not a readable array ({type(exc).__name__}: {exc})"
                 ) from exc
         return arrays
+
+
+def _map_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.memmap | None:
+    """Member ``key`` memory-mapped, or None where it cannot be (then it is loaded).
+
+    Only an uncompressed, unencrypted ``.npy`` member holding a non-empty C-ordered 3-D
+    array of a real numeric dtype is mapped; anything unusual is left to the ordinary
+    loader and its error messages.
+
+    Raises
+    ------
+    DataError
+        The member's bytes do not match the CRC-32 of the zip directory.
+    """
+    names = archive.namelist()
+    name = key + ".npy" if key + ".npy" in names else key
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        return None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            raw = fh.read(_ZIP_LOCAL_HEADER.size)
+            if len(raw) != _ZIP_LOCAL_HEADER.size:
+                return None
+            signature, name_len, extra_len = _ZIP_LOCAL_HEADER.unpack(raw)
+            if signature != b"PK\x03\x04":
+                return None
+            start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len
+            end = start + info.file_size
+            if end > os.fstat(fh.fileno()).st_size:
+                return None
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+            offset = fh.tell()
+            if (
+                fortran
+                or len(shape) != 3
+                or dtype.hasobject
+                or dtype.kind not in "uif"
+                or np.prod(shape, dtype=np.float64) == 0
+                or offset + np.prod(shape, dtype=np.float64) * dtype.itemsize > end
+            ):
+                return None
+            crc = 0
+            fh.seek(start)
+            for _ in range(start, end, _CRC_BLOCK_BYTES):
+                crc = zlib.crc32(fh.read(min(_CRC_BLOCK_BYTES, end - fh.tell())), crc)
+    except Exception:  # numpy's header parser raises many types on damaged headers
+        return None  # the ordinary loader names the problem
+    if crc != info.CRC:
+        raise DataError(f"{path}: {key}: damaged (its bytes do not match the zip CRC-32)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
 
 
 def scan_from_arrays(
@@ -82,14 +169,16 @@ def scan_from_arrays(
             f"{x.shape} and {y.shape}"
         )
     m = x.shape[0]
-    diff = np.asarray(arrays[diff_key])
-    if diff.ndim != 3:
+    diff = arrays[diff_key]
+    if not all(hasattr(diff, a) for a in ("shape", "dtype", "__getitem__")):
+        diff = np.asarray(diff)  # Python values; arrays on disk (memmap, HDF5) stay there
+    if len(diff.shape) != 3:
         raise DataError(
             f"{source}: {diff_key}: expected 3 dimensions (M, N, N), got shape {diff.shape}"
         )
     if diff.shape[0] != m and diff.shape[2] == m:
         logger.info("%s: %s has legacy (H, W, M) layout; transposing", source, diff_key)
-        diff = np.ascontiguousarray(np.transpose(diff, (2, 0, 1)))
+        diff = np.ascontiguousarray(np.transpose(np.asarray(diff), (2, 0, 1)))
     if diff.shape[0] != m:
         raise DataError(
             f"{source}: {diff_key}: expected {m} patterns to match xcoords, got shape {diff.shape}"

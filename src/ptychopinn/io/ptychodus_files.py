@@ -343,13 +343,13 @@ def read_scan(
         identity = rows.size == patterns.shape[0]
         nbytes = rows.size * int(np.prod(patterns.shape[1:])) * patterns.dtype.itemsize
         if identity and nbytes > IN_MEMORY_LIMIT_BYTES:
-            stack: Any = patterns  # streams; the open file lives as long as the dataset
+            from ptychopinn.io.hdf5 import H5Array
+
+            stack: Any = H5Array(diffraction, "patterns")  # streams; reopened per process
         else:
             stack = np.asarray(patterns[()]) if identity else np.asarray(patterns[()])[rows]
-            h5.close()
-    except BaseException:
+    finally:
         h5.close()
-        raise
 
     n = int(stack.shape[-1])
     _, ho, wo = obj.shape
