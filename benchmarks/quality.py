@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -50,6 +51,7 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
             gridsize=args.gridsize,
             n_filters_scale=args.n_filters_scale,
             stem_stride=args.stem_stride,
+            architecture=args.architecture,
         ),
         training=TrainingConfig(
             max_epochs=args.epochs,
@@ -98,19 +100,14 @@ def main() -> None:
     p.add_argument("--gridsize", type=int, default=1)
     p.add_argument("--n_filters_scale", type=float, default=1.0)
     p.add_argument("--stem_stride", type=int, default=2)
+    p.add_argument("--architecture", default="ptychopinn", choices=["ptychopinn", "backprop_unet"])
     p.add_argument("--refine", type=int, default=100, help="refinement passes")
     p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
     p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])
     args = p.parse_args()
     if args.quick:
         args.objects, args.photons, args.epochs, args.refine = ["image"], [1e6], 5, 20
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for obj in args.objects:
-            for photons in args.photons:
-                case = one_case(args, obj, photons, Path(tmp))
-                results.append(case)
-                print(json.dumps(case))
+    results: list[dict[str, Any]] = []
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -123,7 +120,15 @@ def main() -> None:
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        for obj in args.objects:
+            for photons in args.photons:
+                case = one_case(args, obj, photons, Path(tmp))
+                case["loadavg"] = os.getloadavg()
+                results.append(case)
+                print(json.dumps(case), flush=True)
+                # rewritten after every case, so a long run that is stopped keeps what it measured
+                Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

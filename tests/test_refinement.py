@@ -57,3 +57,12 @@ def test_refinement_keeps_the_truth_near_the_truth(scan):
     )
     assert before > 0.99
     assert _phase_ssim(rec, scan) > 0.9
+
+
+def test_unknown_schedule_is_a_config_error(scan):
+    from ptychopinn.errors import ConfigError
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    with pytest.raises(ConfigError, match="schedule"):
+        refine(scan, probe, norm, None, RefineOptions(n_iter=1, schedule="step"))  # type: ignore[arg-type]

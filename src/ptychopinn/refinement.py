@@ -11,13 +11,16 @@ flat object, for comparison.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ptychopinn.data.dataset import Normalization
+from ptychopinn.errors import ConfigError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import extract_patches, far_field_amplitude, poisson_nll
@@ -36,13 +39,21 @@ class RefineOptions:
     batch_size : patterns per optimiser step (mini-batches, shuffled each pass)
     object_lr : Adam step size on the object (transmission units of order 1)
     probe_lr : Adam step size on the probe; 0 keeps the probe fixed
+    schedule : ``cosine`` lowers the step sizes pass by pass to ``final_lr_fraction`` of
+        their start (a fixed step keeps oscillating around the optimum at high dose);
+        ``constant`` keeps them
+    final_lr_fraction : step size of the last pass relative to the first (``cosine``)
+    anneal_start : fraction of the passes run at the full step before annealing (``cosine``)
     seed : shuffling seed
     """
 
     n_iter: int = 20
     batch_size: int = 32
-    object_lr: float = 0.05
+    object_lr: float = 0.1
     probe_lr: float = 0.0
+    schedule: Literal["constant", "cosine"] = "cosine"
+    final_lr_fraction: float = 0.05
+    anneal_start: float = 0.5
     seed: int = 0
 
 
@@ -99,12 +110,22 @@ def refine(
     if opts.probe_lr > 0:
         groups.append({"params": [probe_param], "lr": opts.probe_lr})
     optimizer = torch.optim.Adam(groups)
+    if opts.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {opts.schedule!r}")
+    starts = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(opts.seed)
     scale = normalization.intensity_scale
     trace = RefineTrace()
     t0 = time.perf_counter()
     k = measured.shape[0]
     for it in range(opts.n_iter):
+        if opts.schedule == "cosine" and opts.n_iter > 1:
+            f = opts.final_lr_fraction
+            first = int(opts.n_iter * opts.anneal_start)  # full steps until here, then anneal
+            progress = max(0, it - first) / max(1, opts.n_iter - 1 - first)
+            factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            for group, lr in zip(optimizer.param_groups, starts, strict=True):
+                group["lr"] = lr * factor
         order = torch.randperm(k, generator=generator).to(device)
         total = 0.0
         for b in range(0, k, opts.batch_size):
