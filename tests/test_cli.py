@@ -218,3 +218,36 @@ def test_commands_write_nothing_in_the_working_directory(sim, tmp_path):
         cwd=tmp_path,
     )
     assert set(tmp_path.iterdir()) - before == {tmp_path / "ev"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], (1.0, 2)),  # CPU, size not chosen: the cheap network
+        (["--n_filters_scale", "2"], (2.0, 1)),  # chosen: kept, the rest from ModelConfig
+        (["--stem_stride", "1"], (2.0, 1)),
+    ],
+)
+def test_cpu_runs_default_to_the_cheap_network(tmp_path, flags, expected):
+    from ptychopinn.cli import build_parser
+    from ptychopinn.commands import config_from_args
+
+    args = build_parser().parse_args(
+        ["train", "--train_data_file", "D.npz", "--output_dir", str(tmp_path), "--accelerator",
+         "cpu", *flags]
+    )  # fmt: skip
+    model = config_from_args(args, 64).model
+    assert (model.n_filters_scale, model.stem_stride) == expected
+
+
+def test_json_config_choosing_the_size_is_respected(tmp_path):
+    from ptychopinn.cli import build_parser
+    from ptychopinn.commands import config_from_args
+
+    (tmp_path / "c.json").write_text('{"model": {"n_filters_scale": 0.5}}')
+    args = build_parser().parse_args(
+        ["train", "--train_data_file", "D.npz", "--output_dir", str(tmp_path), "--config",
+         str(tmp_path / "c.json")]
+    )  # fmt: skip
+    model = config_from_args(args, 64).model
+    assert (model.n_filters_scale, model.stem_stride) == (0.5, 1)

@@ -282,7 +282,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--n_filters_scale",
         type=_positive_float,
         default=None,
-        help="filter multiplier (default 2)",
+        help="filter multiplier (default 2; on a CPU, when neither this nor --stem_stride is "
+        "given, the cheap network: 1 with --stem_stride 2)",
     )
     _flag(
         p,

@@ -115,6 +115,23 @@ _TRAINING_FLAGS = (
 )
 
 
+#: Network used on a CPU when neither the flags nor the JSON config choose the size: half
+#: the filters and a stride-2 first convolution (0.21 instead of 2.1 GFLOP per pattern at
+#: N = 64). Measured on the demo scan (image, 1e6 photons, 30 epochs): phase SSIM 0.28
+#: against 0.08 for the upstream size, in a tenth of the time (README, issue notes).
+CPU_PRESET: dict[str, Any] = {"n_filters_scale": 1.0, "stem_stride": 2}
+
+
+def _runs_on_cpu(accelerator: str) -> bool:
+    import torch
+
+    if accelerator == "cpu":
+        return True
+    if accelerator in ("gpu", "cuda", "auto"):
+        return not torch.cuda.is_available()
+    return False
+
+
 def config_from_args(args: argparse.Namespace, n: int) -> Config:
     """Config from an optional JSON file, overridden by the flags given, N from the data."""
     base: dict[str, Any] = {"model": {}, "training": {}}
@@ -144,6 +161,17 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
     if args.disable_mlflow:
         training["logger"] = "none"
     training.setdefault("accelerator", "cpu")
+    if not {"n_filters_scale", "stem_stride"} & model.keys() and _runs_on_cpu(
+        str(training["accelerator"])
+    ):
+        model.update(CPU_PRESET)
+        logger.info(
+            "CPU: using the cheap network (n_filters_scale %g, stem_stride %d; 10x fewer FLOPs "
+            "and better in equal epochs); --n_filters_scale 2 --stem_stride 1 gives the "
+            "upstream size",
+            CPU_PRESET["n_filters_scale"],
+            CPU_PRESET["stem_stride"],
+        )
     return Config(
         model=section_from_dict(ModelConfig, model),
         training=section_from_dict(TrainingConfig, training),
