@@ -145,3 +145,18 @@ def test_scandata_subset_and_take_order():
     sub = scan.subset(np.array([5, 1, 3]))
     assert np.array_equal(sub.diffraction, a["diffraction"][[5, 1, 3]])
     assert np.allclose(scan.amplitudes(np.array([3, 3, 0])), np.sqrt(a["diffraction"][[3, 3, 0]]))
+
+
+def test_reconstruction_pngs_keep_every_pixel_and_state_their_range(tmp_path):
+    from PIL import Image
+
+    from ptychopinn.inference import save_image
+
+    image = np.linspace(-1.0, 2.0, 60 * 80).reshape(60, 80)
+    save_image(tmp_path / "reconstructed_phase.png", image, "twilight")
+    with Image.open(tmp_path / "reconstructed_phase.png") as png:
+        assert png.size[1] == 60 and png.size[0] > 80  # the image, then the colour bar
+        rgb = np.asarray(png)
+        assert "range -0.98" in png.text["Comment"] and "to 1.98" in png.text["Comment"]
+    assert not np.array_equal(rgb[0, 0], rgb[-1, 79])  # the ramp is visible
+    assert [p.name for p in tmp_path.iterdir()] == ["reconstructed_phase.png"]
