@@ -252,3 +252,12 @@ def test_torchrun_launch(work):
     assert (run_dir / "wts.h5.zip").is_file()
     assert len(list(run_dir.glob("lightning_logs/*/metrics.csv"))) == 1
     assert (result.stdout + result.stderr).count("final:") == 1
+
+
+def test_bf16_inference_costs_little_accuracy(work, reference_metrics):
+    """The same bundle under bfloat16 autocast scores within 0.03 SSIM of float32."""
+    ok(run("infer", "--model_path", "RUN", "--test_data", "D.npz", "--output_dir", "BF16",
+           "--precision", "bf16", cwd=work))  # fmt: skip
+    m, ref = _metrics(work / "BF16" / "metrics.json"), reference_metrics
+    assert abs(m["phase_ssim"] - ref["phase_ssim"]) < 0.03, (m, ref)
+    assert abs(m["amplitude_ssim"] - ref["amplitude_ssim"]) < 0.03, (m, ref)

@@ -393,6 +393,14 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     )
     _flag(
         p,
+        "--precision",
+        choices=["32", "bf16"],
+        default="32",
+        help="network precision: 32 (float32) or bf16 (bfloat16 autocast, faster on CPUs with "
+        "bf16 support and on GPUs; see the README for its accuracy cost) (32)",
+    )
+    _flag(
+        p,
         "--pixel_size_m",
         type=_positive_float,
         default=None,

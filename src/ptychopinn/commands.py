@@ -245,6 +245,7 @@ def run_infer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         weights=args.stitch_weights,
+        precision=args.precision,
     )
     network_metrics = None
     if args.refine < 0:

@@ -25,6 +25,7 @@ from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 logger = logging.getLogger(__name__)
 
 StitchWeights = Literal["support", "probe"]
+Precision = Literal["32", "bf16"]
 
 #: Groups per forward pass when none is given: small batches keep a CPU's activations in
 #: cache (at N = 64, 32 groups run about twice as fast per pattern as 256); a GPU wants many.
@@ -166,14 +167,21 @@ def predict_patches(
     bundle: Bundle,
     amplitude: torch.Tensor,
     device: torch.device | str = "cpu",
+    precision: Precision = "32",
 ) -> torch.Tensor:
     """Network forward pass: normalised amplitudes (B, C, N, N) -> complex patches (B, C, N, N).
 
     Runs in channels-last memory format (faster convolutions on CPUs and GPUs, same values).
+    ``precision="bf16"`` runs the network under bfloat16 autocast (1.5-2x faster on CPUs
+    with bf16 dot products and on GPUs); the patches are float32/complex64 either way.
     """
+    if precision not in ("32", "bf16"):
+        raise ConfigError(f"precision: expected '32' or 'bf16', got {precision!r}")
     x = amplitude.to(device).contiguous(memory_format=torch.channels_last)
-    amp, phase = bundle.net(x)
-    return torch.polar(amp.contiguous(), phase.contiguous())
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        amp, phase = bundle.net(x)
+    return torch.polar(amp.float().contiguous(), phase.float().contiguous())
 
 
 def reconstruct(
@@ -185,6 +193,7 @@ def reconstruct(
     weights: StitchWeights = "probe",
     synchronize: bool = True,
     chunk_patterns: int = DEFAULT_CHUNK_PATTERNS,
+    precision: Precision = "32",
 ) -> Reconstruction:
     """Reconstruct every pattern of ``scan`` (or ``n_groups`` groups) and stitch.
 
@@ -194,6 +203,7 @@ def reconstruct(
     :data:`DEFAULT_BATCH` for the device).
     With ``synchronize`` the arbitrary global phase of each predicted patch is
     aligned to its neighbours before stitching (see :func:`synchronize_phases`).
+    ``precision`` is that of the network (see :func:`predict_patches`).
 
     Memory is flat in the number of patterns apart from the positions and the canvas:
     the groups are taken about ``chunk_patterns`` patterns at a time, in an order that keeps
@@ -239,7 +249,9 @@ def reconstruct(
             tp = time.perf_counter()
             chunks = []
             for start in range(0, len(rows), batch_size):
-                patches = predict_patches(bundle, amplitude[start : start + batch_size], device)
+                patches = predict_patches(
+                    bundle, amplitude[start : start + batch_size], device, precision
+                )
                 patches = patches[..., window, window]  # (b, C, S, S), S = support + margin
                 chunks.append(patches.reshape(-1, *patches.shape[-2:]).cpu())
             predict_s += time.perf_counter() - tp
@@ -277,6 +289,7 @@ def reconstruct(
             "n_groups": len(groups),
             "n_patterns": int(len(used)),
             "stitch_weights": weights,
+            "precision": precision,
             "chunk_patterns": chunk_patterns,
             "n_chunks": n_chunks,
             "elapsed_s": elapsed,
