@@ -66,3 +66,30 @@ def test_unknown_schedule_is_a_config_error(scan):
     probe = normalize_probe(torch.from_numpy(scan.probe))
     with pytest.raises(ConfigError, match="schedule"):
         refine(scan, probe, norm, None, RefineOptions(n_iter=1, schedule="step"))  # type: ignore[arg-type]
+
+
+def test_collapsed_network_is_flagged_and_refinement_starts_flat(scan, caplog):
+    """A network that predicts one patch for every pattern is reported, and not refined from."""
+    from ptychopinn.bundle import Bundle
+    from ptychopinn.config import Config, ModelConfig
+    from ptychopinn.inference import reconstruct
+    from ptychopinn.models import build_network
+    from ptychopinn.workflows import refine_reconstruction
+
+    config = Config(model=ModelConfig(N=32, n_filters_scale=0.25, stem_stride=2))
+    net = build_network(config.model)
+    for decoder in (net.amplitude_decoder, net.phase_decoder):  # constant output
+        torch.nn.init.zeros_(decoder.head.weight)
+        torch.nn.init.zeros_(decoder.head.bias)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    bundle = Bundle(config, Normalization.from_scan(scan), net.eval(), probe, {})
+    with caplog.at_level("WARNING"):
+        rec = reconstruct(bundle, scan)
+    assert rec.metadata["collapsed"] and rec.metadata["output_variation"] < 1e-6
+    assert "collapsed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        refined = refine_reconstruction(bundle, scan, rec, passes=1)
+    assert "refining from a flat object" in caplog.text
+    flat = refine_reconstruction(bundle, scan, None, passes=1)
+    np.testing.assert_allclose(refined.object, flat.object)

@@ -19,6 +19,7 @@ from ptychopinn.errors import ConfigError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
+from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.functional import SHIFT_MARGIN_PX, square_support
 from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
@@ -242,6 +243,7 @@ def reconstruct(
     t0 = time.perf_counter()
     predict_s = 0.0
     n_chunks = 0
+    variation: float | None = None
     with torch.inference_mode():
         for chunk_start in range(0, len(order), chunk_groups):
             rows = order[chunk_start : chunk_start + chunk_groups]
@@ -256,6 +258,8 @@ def reconstruct(
                 chunks.append(patches.reshape(-1, *patches.shape[-2:]).cpu())
             predict_s += time.perf_counter() - tp
             patches = torch.cat(chunks)  # (B*C, S, S)
+            if variation is None:  # collapse check on the first chunk (up to chunk_patterns)
+                variation = float(output_variation(patches, weight))
             positions = scan.positions_px[groups.indices[rows].reshape(-1)]  # (B*C, 2)
             if synchronize:
                 stitcher.add_synchronized(patches, positions, hold_unanchored=chunked)
@@ -268,6 +272,14 @@ def reconstruct(
             n_chunks += 1
         obj, coverage = stitcher.result()
     elapsed = time.perf_counter() - t0
+    collapsed = variation is not None and variation < COLLAPSE_THRESHOLD
+    if collapsed:
+        logger.warning(
+            "the network predicts nearly the same patch for every pattern (output variation "
+            "%.2g < %.0e): the model has collapsed and its reconstruction is a tiled constant",
+            variation,
+            COLLAPSE_THRESHOLD,
+        )
     logger.info(
         "reconstructed %d groups (%d patches, %d chunks) in %.2f s (%.0f patterns/s, "
         "network %.2f s)",
@@ -290,6 +302,8 @@ def reconstruct(
             "n_patterns": int(len(used)),
             "stitch_weights": weights,
             "precision": precision,
+            "output_variation": variation,
+            "collapsed": collapsed,
             "chunk_patterns": chunk_patterns,
             "n_chunks": n_chunks,
             "elapsed_s": elapsed,

@@ -283,9 +283,15 @@ def refine_reconstruction(
 ) -> Reconstruction:
     """Maximum-likelihood refinement with the bundle's forward model (see :mod:`ptychopinn.refinement`).
 
-    ``start`` is the network's reconstruction (or None for a flat object).
+    ``start`` is the network's reconstruction (or None for a flat object). A start from a
+    collapsed network (``start.metadata["collapsed"]``, a tiled constant patch) is a worse
+    start than a flat object, so refinement then starts flat, with a warning.
     """
     from ptychopinn.refinement import RefineOptions, refine
+
+    if start is not None and start.metadata.get("collapsed"):
+        logger.warning("the network's reconstruction is collapsed: refining from a flat object")
+        start = None
 
     opts = options or RefineOptions(n_iter=passes, probe_lr=0.01 if refine_probe else 0.0)
     rec, _, _ = refine(scan, bundle.probe, bundle.normalization.for_scan(scan), start, opts, device)
