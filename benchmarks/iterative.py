@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# run.py sits next to this script (the script's directory is on sys.path)
+from run import _loadavg  # noqa: E402
+from run import describe_machine as describe_speed_machine  # noqa: E402
 
 import ptychopinn
 from ptychopinn import workflows as pp
@@ -75,35 +78,9 @@ class _BudgetSpentError(Exception):
 
 
 # -- machine -------------------------------------------------------------------------------
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError):
-        return [round(v, 2) for v in os.getloadavg()]
-    return None
-
-
 def describe_machine(device: str, ptychi_info: dict[str, Any]) -> dict[str, Any]:
-    cpu_model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "ptychopinn": ptychopinn.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "device": device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "load_average_start": loadavg(),
-        **ptychi_info,
-    }
-    return info
+    """The speed benchmark's machine description plus what pty-chi brought in."""
+    return {**describe_speed_machine(device), **ptychi_info}
 
 
 # -- pty-chi ----------------------------------------------------------------------------------
@@ -233,7 +210,7 @@ def ptychi_curve(
     options = ptychi_options(api, algorithm, args, device)
     default_device = torch.get_default_device()
     points: list[dict[str, Any]] = []
-    load = loadavg()
+    load = _loadavg()
     try:
         t0 = time.perf_counter()
         task = task_class(options, **ptychi_inputs(scan))
@@ -257,7 +234,7 @@ def ptychi_curve(
         "algorithm": algorithm,
         "batch_size": args.ptychi_batch_size,
         "setup_s": setup_s,
-        "load_average": [load, loadavg()],
+        "load_average": [load, _loadavg()],
         "curve": points,
     }
 
@@ -293,7 +270,7 @@ def train_network(
             accelerator="gpu" if device == "cuda" else "cpu",
         ),
     )
-    load = loadavg()
+    load = _loadavg()
     t0 = time.perf_counter()
     run = pp.train(config, scan, run_dir, progress=False)
     return {
@@ -301,7 +278,7 @@ def train_network(
         "epochs": args.epochs,
         "training_s": run.metrics.get("training_s"),
         "wall_s": time.perf_counter() - t0,
-        "load_average": [load, loadavg()],
+        "load_average": [load, _loadavg()],
     }
 
 
@@ -327,7 +304,7 @@ def infer_e2e(
         *("--test_data", str(scan_path), "--output_dir", str(out)),
         *("--accelerator", "gpu" if device == "cuda" else "cpu", "--quiet"),
     ]
-    load = loadavg()
+    load = _loadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -345,7 +322,7 @@ def infer_e2e(
         "wall_s": wall,
         "network_s": rec.metadata.get("network_s"),
         "reconstruct_s": rec.metadata.get("elapsed_s"),
-        "load_average": [load, loadavg()],
+        "load_average": [load, _loadavg()],
         **score(rec, scan),
     }
     return result, rec
@@ -376,7 +353,7 @@ def refine_curve(
     # (step 0.1, cosine-annealed over the second half of a pass count fixed in advance) is
     # measured at fixed pass counts instead (README, Results).
     options = RefineOptions(n_iter=MAX_STEPS, object_lr=0.05, schedule="constant")
-    load = loadavg()
+    load = _loadavg()
     clock["t0"] = time.perf_counter()
     with contextlib.suppress(_BudgetSpentError):
         refine(scan, bundle.probe, normalization, start, options, device, on_pass)
@@ -387,7 +364,7 @@ def refine_curve(
             "object_lr": options.object_lr,
             "probe_lr": options.probe_lr,
         },
-        "load_average": [load, loadavg()],
+        "load_average": [load, _loadavg()],
         "curve": points,
     }
 
@@ -490,7 +467,7 @@ def one_case(
     args: argparse.Namespace, obj: str, photons: float, device: str, work: Path
 ) -> dict[str, Any]:
     def log(message: str) -> None:
-        print(f"[{obj} {photons:g}] {message} (load {loadavg()})", file=sys.stderr, flush=True)
+        print(f"[{obj} {photons:g}] {message} (load {_loadavg()})", file=sys.stderr, flush=True)
 
     scan = simulate_scan(
         n=N,
@@ -602,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         for photons in args.photons:
             with tempfile.TemporaryDirectory(prefix="ptychopinn-iterative-") as tmp:
                 cases.append(one_case(args, obj, photons, device, Path(tmp)))
-    machine["load_average_end"] = loadavg()
+    machine["load_average_end"] = _loadavg()
     report = {
         "machine": machine,
         "settings": vars(args),

@@ -6,12 +6,8 @@ network has ``forward(x, probe=None) -> (amplitude, phase)`` and ``set_probe(pro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ptychopinn.config import ModelConfig
-
-if TYPE_CHECKING:
-    from ptychopinn.models.base import ObjectNetwork
+from ptychopinn.models.base import ObjectNetwork
 
 
 def build_network(config: ModelConfig) -> ObjectNetwork:

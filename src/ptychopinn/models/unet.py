@@ -68,7 +68,6 @@ class BackpropUNet(ObjectNetwork):
         c, n = config.C, config.N
         norm = config.norm_layer
         filters = tuple(max(4, int(round(16 * 2**i * config.n_filters_scale))) for i in range(4))
-        self.filters = filters
         self.stem = nn.Sequential(
             conv_block(2 * c, filters[0], norm, config.stem_stride),
             conv_block(filters[0], filters[0], norm),
