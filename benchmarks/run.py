@@ -608,6 +608,16 @@ def summary_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _write_json(path: Path, result: dict[str, Any], matmul: dict[str, Any], device: str) -> None:
+    """Write a partial result: efficiencies against the matmul rate measured at the start."""
+    result = json.loads(json.dumps(result, default=str))  # deep copy
+    matmul = {**matmul, "reference_float32_flops_per_s": matmul["float32"]["flops_per_s"]}
+    result["matmul"] = matmul
+    for case in result["cases"]:
+        add_efficiencies(case, matmul, device)
+    path.write_text(json.dumps(result, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/speed.json", help="JSON output path")
@@ -622,6 +632,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", default=None, help="keep scans, bundles and outputs in this folder"
     )
+    parser.add_argument(
+        "--n_patterns",
+        type=int,
+        default=None,
+        help="patterns per simulated scan at every N (default: the mode's, 1024 in full mode)",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="only these N (default: 64 and 128)"
+    )
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":
@@ -631,7 +650,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     mode_name = "quick" if args.quick else "full"
-    mode = MODES[mode_name]
+    mode = dict(MODES[mode_name])
+    if args.sizes:
+        mode["cases"] = {k: v for k, v in mode["cases"].items() if k[0] in args.sizes}
+        if not mode["cases"]:
+            parser.error(
+                f"--sizes {args.sizes}: this mode measures N in {sorted(MODES[mode_name]['n_patterns'])}"
+            )
+    if args.n_patterns:
+        mode["n_patterns"] = {n: args.n_patterns for n in mode["n_patterns"]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict[str, Any] = {
         "benchmark": "ptychopinn speed",
@@ -658,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["cases"].append(
                     run_case(runner, n, preset, mode, scan_path, n_patterns, bundle)
                 )
+                # rewritten after every case (efficiencies against the start's matmul), so a
+                # run that is stopped keeps what it measured
+                _write_json(out, {**result, "partial": True}, matmul, device)
     log("reference matmul again")
     matmul_end = measure_matmul(device, mode["min_time_s"])
     matmul.update({f"{k}_end": v for k, v in matmul_end.items()})
@@ -671,8 +703,6 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_end"] = _loadavg()
     result["machine"]["orchestrator_max_rss_mb"] = peak_memory_mb(device)["max_rss_mb"]
     result["wall_s"] = time.perf_counter() - started
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(summary_table(result))
     print(f"wrote {out} in {result['wall_s']:.0f} s")
