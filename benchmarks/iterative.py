@@ -369,6 +369,30 @@ def refine_curve(
     }
 
 
+def refine_fixed(
+    bundle: Any,
+    scan: ScanData,
+    start: Reconstruction | None,
+    pass_counts: list[int],
+    device: str,
+) -> list[dict[str, Any]]:
+    """The package's default refinement (annealed step) run to each of ``pass_counts``.
+
+    Its schedule depends on the number of passes fixed in advance, so each count is a
+    separate run from the same start, timed from the call of :func:`refine` to its return.
+    """
+    normalization = bundle.normalization.for_scan(scan)
+    points = []
+    for count in pass_counts:
+        options = RefineOptions(n_iter=count)
+        t0 = time.perf_counter()
+        rec, _, _ = refine(scan, bundle.probe, normalization, start, options, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        points.append({"pass": count, "t_s": time.perf_counter() - t0, **score(rec, scan)})
+    return points
+
+
 # -- summary ----------------------------------------------------------------------------------
 def time_to_reach(
     curve: list[dict[str, Any]], target: float, offset_s: float = 0.0
@@ -410,6 +434,22 @@ def summarise(case: dict[str, Any]) -> dict[str, Any]:
         "flat_refined_time_to_network_ssim_s": time_to_reach(from_flat, network_ssim),
         "ptychi": {},
     }
+    fixed = case.get("refine_default_schedule", {})
+    if fixed:
+        summary["default_schedule"] = [
+            {
+                "passes": net["pass"],
+                "network_refined_phase_ssim": net["phase_ssim"],
+                "network_refined_t_s": net["t_s"] + infer_s,
+                "flat_refined_phase_ssim": flat["phase_ssim"],
+                "flat_refined_t_s": flat["t_s"],
+                "ptychi_at_network_refined_t": {
+                    algorithm: value_at(run["curve"], net["t_s"] + infer_s)
+                    for algorithm, run in case["ptychi"].items()
+                },
+            }
+            for net, flat in zip(fixed["network"], fixed["flat"], strict=True)
+        ]
     for algorithm, run in case["ptychi"].items():
         curve = run["curve"]
         reach = time_to_reach(curve, network_ssim)
@@ -504,6 +544,15 @@ def one_case(
     for key, run in runs:
         case[key] = run()
         log(f"{key}: {len(case[key]['curve'])} passes, best {best(case[key]['curve'])}")
+    if args.pass_counts:
+        case["refine_default_schedule"] = {
+            name: refine_fixed(bundle, scan, start, args.pass_counts, device)
+            for name, start in (("network", rec), ("flat", None))
+        }
+        for name, points in case["refine_default_schedule"].items():
+            log(f"default schedule from {name}: " + ", ".join(
+                f"{p['pass']} passes {p['phase_ssim']:.3f} in {p['t_s']:.1f} s" for p in points
+            ))  # fmt: skip
     case["ptychi"] = {}
     for algorithm in args.algorithms:
         case["ptychi"][algorithm] = ptychi_curve(algorithm, scan, args, device)
@@ -541,6 +590,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ptychi-batch-size", type=int, default=None, help="patterns per update (64; quick 32)"
     )
     p.add_argument("--epie-alpha", type=float, default=1.0, help="ePIE object step")
+    p.add_argument(
+        "--pass-counts",
+        default="10,25,50,100",
+        help="pass counts of the default (annealed) refinement, each run separately; '' for none",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.epochs = args.epochs or (5 if quick else 30)
@@ -550,6 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.photons = [float(v) for v in args.photons.split(",")]
     args.objects = args.objects.split(",")
     args.algorithms = args.algorithms.split(",")
+    args.pass_counts = [int(v) for v in args.pass_counts.split(",") if v.strip()]
     unknown = set(args.algorithms) - set(ALGORITHMS)
     if unknown:
         p.error(f"--algorithms: unknown {sorted(unknown)}; expected some of {ALGORITHMS}")
@@ -574,19 +629,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     machine = describe_machine(device, ptychi_info)
     t0 = time.perf_counter()
-    cases = []
+    cases: list[dict[str, Any]] = []
+    report = {"machine": machine, "settings": vars(args), "cases": cases}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for obj in args.objects:
         for photons in args.photons:
             with tempfile.TemporaryDirectory(prefix="ptychopinn-iterative-") as tmp:
                 cases.append(one_case(args, obj, photons, device, Path(tmp)))
+            # rewritten after every case, so a run that is stopped keeps what it measured
+            Path(args.out).write_text(json.dumps(report, indent=2))
     machine["load_average_end"] = _loadavg()
-    report = {
-        "machine": machine,
-        "settings": vars(args),
-        "wall_s": time.perf_counter() - t0,
-        "cases": cases,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    report["wall_s"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(table(cases))
     print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
