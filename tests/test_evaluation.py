@@ -174,3 +174,22 @@ def test_comparison_figure_is_png(obj: np.ndarray, tmp_path) -> None:
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["comparison.png"]
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (1.3, -0.6), (-2.0, 1.5)])
+def test_smooth_noisy_object_registers(shift: tuple[float, float]) -> None:
+    """A smooth, weak object (a Gaussian random field) with noise: its neighbour products are
+    nearly constant and their correlation locks onto noise; the correlation of the complex
+    objects finds the shift and no shift at all is kept when none is there."""
+    np_rng = np.random.default_rng(3)
+    field = [ndimage.gaussian_filter(np_rng.normal(size=(SIZE, SIZE)), 6) for _ in range(2)]
+    amp = 0.5 + 0.5 * (field[0] - field[0].min()) / np.ptp(field[0])
+    phase = 0.8 * (field[1] - field[1].min()) / np.ptp(field[1]) - 0.4
+    truth = amp * np.exp(1j * phase)
+    rec = noisy(fourier_shift(truth, shift), 0.03, seed=4) * np.exp(
+        1j * (0.7 + 0.02 * np.arange(SIZE))
+    )
+    m = evaluate(rec, truth, crop_box=BOX)
+    assert m.registration_shift_px == pytest.approx((-shift[0], -shift[1]), abs=0.15)
+    unregistered = evaluate(fourier_shift(rec, (-shift[0], -shift[1])), truth, crop_box=BOX)
+    assert m.phase_ssim > unregistered.phase_ssim - 0.02 and m.phase_ssim > 0.45

@@ -9,10 +9,18 @@ Conventions
 * Arrays are indexed ``[row, column]``; shifts are ``(y, x)`` pixels and the
   registration shift is the one *applied to the reconstruction* (its content
   moves by ``+shift``) to bring it onto the reference.
-* Registration uses ``skimage.registration.phase_cross_correlation`` on the
-  neighbour products ``o[r, c+1] o*[r, c]`` and ``o[r+1, c] o*[r, c]``; these are
-  invariant to a global phase and, up to one constant each, to a phase ramp, so
-  the ramp of an unaligned reconstruction does not bias the shift.
+* Registration maximises the correlation of the shifted reconstruction with the
+  reference over the compared region: ``|sum a conj(b)| / sqrt(sum|a|^2 sum|b|^2)``
+  of the complex images with their means removed (free of a global phase), after the
+  relative phase ramp is removed (estimated from the neighbour products, which needs
+  no registration). The search (Nelder-Mead over the sub-pixel Fourier shift) starts
+  from the best of: no shift, ``skimage.registration.phase_cross_correlation`` on the
+  neighbour products ``o[r, c+1] o*[r, c]`` and ``o[r+1, c] o*[r, c]`` (invariant to a
+  global phase and, up to one constant each, to a phase ramp), and a plain (not
+  whitened) cross-correlation of the windowed complex images. Phase correlation alone
+  fails on smooth objects (a Gaussian random field): their whitened spectrum is noise
+  and the region's edges, and it returned shifts of several pixels for reconstructions
+  that matched the reference with no shift at all.
 * The phase of the reconstruction is compared on the branch of the reference:
   ``phase_rec = phase_ref + angle(rec * conj(ref))`` (the wrapped difference),
   with both rotated by the reference's mean phase so its values sit near zero.
@@ -39,7 +47,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, optimize
 from scipy.signal.windows import tukey
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.registration import phase_cross_correlation
@@ -164,6 +172,78 @@ def _estimate_shift(rec: np.ndarray, ref: np.ndarray, upsample_factor: int) -> n
     return shift
 
 
+#: How far (pixels) the correlation search may move from its best start, and the margin
+#: around the compared region that its Fourier shifts may wrap.
+SEARCH_PX = 3.0
+
+
+def _correlation(rec: np.ndarray, ref: np.ndarray) -> float:
+    """``|sum a conj(b)| / sqrt(sum|a|^2 sum|b|^2)`` of the mean-removed complex images."""
+    a, b = rec - rec.mean(), ref - ref.mean()
+    denom = math.sqrt(float(np.sum(np.abs(a) ** 2)) * float(np.sum(np.abs(b) ** 2)))
+    return float(np.abs(np.sum(a * np.conj(b)))) / denom if denom > 0 else 0.0
+
+
+def _cross_correlation_shift(rec: np.ndarray, ref: np.ndarray, upsample_factor: int) -> np.ndarray:
+    """Plain cross-correlation peak of the windowed, mean-removed complex images."""
+    window = np.outer(tukey(rec.shape[0], FRC_WINDOW_ALPHA), tukey(rec.shape[1], FRC_WINDOW_ALPHA))
+    shift, _, _ = phase_cross_correlation(
+        (ref - ref.mean()) * window,
+        (rec - rec.mean()) * window,
+        upsample_factor=upsample_factor,
+        normalization=None,
+    )
+    return np.asarray(shift, dtype=np.float64)
+
+
+def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) -> np.ndarray:
+    """Shift applied to ``rec`` (ramp removed) that best correlates it with ``ref`` in ``box``."""
+    r0, r1, c0, c1 = box
+    H, W = ref.shape
+    starts = [
+        np.zeros(2),
+        _estimate_shift(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1], upsample_factor),
+        _cross_correlation_shift(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1], upsample_factor),
+    ]
+    starts = [s for s in starts if np.all(np.isfinite(s))]
+    m = int(math.ceil(max(float(np.max(np.abs(s))) for s in starts) + SEARCH_PX)) + 1
+    # the region plus a margin: a Fourier shift of at most m - 1 px wraps only the margin
+    outer = max(0, r0 - m), min(H, r1 + m), max(0, c0 - m), min(W, c1 + m)
+    inner = (
+        max(r0, outer[0] + m),
+        min(r1, outer[1] - m),
+        max(c0, outer[2] + m),
+        min(c1, outer[3] - m),
+    )
+    if min(inner[1] - inner[0], inner[3] - inner[2]) < MIN_REGION_PX:
+        return starts[1] if len(starts) > 1 else np.zeros(2)  # no room to compare shifts
+    spectrum = np.fft.fft2(rec[outer[0] : outer[1], outer[2] : outer[3]])
+    target = ref[inner[0] : inner[1], inner[2] : inner[3]]
+    rows = slice(inner[0] - outer[0], inner[1] - outer[0])
+    cols = slice(inner[2] - outer[2], inner[3] - outer[2])
+
+    def loss(shift: np.ndarray) -> float:
+        moved = np.fft.ifft2(ndimage.fourier_shift(spectrum, shift))
+        return -_correlation(moved[rows, cols], target)
+
+    scores = [loss(s) for s in starts]
+    start = starts[int(np.argmin(scores))]
+    found = optimize.minimize(
+        loss,
+        start,
+        method="Nelder-Mead",
+        options={
+            "initial_simplex": start + np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]),
+            "xatol": 0.01,
+            "fatol": 1e-9,
+        },
+    )
+    shift = np.asarray(found.x, dtype=np.float64)
+    if found.fun >= min(scores) or np.max(np.abs(shift - start)) > SEARCH_PX:
+        shift = start
+    return np.round(shift, 3) if np.any(shift != 0) else shift
+
+
 def _ramp_difference(rec: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """(y, x) phase slope of ``rec`` relative to ``ref`` (needs no registration)."""
     pairs = zip(_neighbour_products(rec), _neighbour_products(ref), strict=True)
@@ -239,12 +319,13 @@ def align(
     shift, pre = np.zeros(2), (0.0, 0.0)  # pre: (y, x) ramp removed before shifting
     if register:
         _check_size((r0, r1, c0, c1))
-        shift = _estimate_shift(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1], upsample_factor)
+        # a ramp is not periodic: remove it first so the Fourier shift does not ring
+        ramp = _ramp_difference(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1])
+        rec_flat = rec * np.exp(-1j * (ramp[0] * np.arange(H)[:, None] + ramp[1] * np.arange(W)))
+        shift = _register(rec_flat, ref, (r0, r1, c0, c1), upsample_factor)
         if np.any(shift != 0):
-            # a ramp is not periodic: remove it first so the Fourier shift does not ring
-            pre = _ramp_difference(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1])
-            rec = rec * np.exp(-1j * (pre[0] * np.arange(H)[:, None] + pre[1] * np.arange(W)))
-            rec = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(rec), shift))
+            pre = ramp
+            rec = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(rec_flat), shift))
             my, mx = (int(math.ceil(abs(s))) + 1 for s in shift)
             r0, r1, c0, c1 = max(r0, my), min(r1, H - my), max(c0, mx), min(c1, W - mx)
     _check_size((r0, r1, c0, c1))
