@@ -175,6 +175,8 @@ def _estimate_shift(rec: np.ndarray, ref: np.ndarray, upsample_factor: int) -> n
 #: How far (pixels) the correlation search may move from its best start, and the margin
 #: around the compared region that its Fourier shifts may wrap.
 SEARCH_PX = 3.0
+#: Side of the central part of the compared region that the correlation search scores.
+REGISTRATION_WINDOW_PX = 512
 
 
 def _correlation(rec: np.ndarray, ref: np.ndarray) -> float:
@@ -196,6 +198,14 @@ def _cross_correlation_shift(rec: np.ndarray, ref: np.ndarray, upsample_factor: 
     return np.asarray(shift, dtype=np.float64)
 
 
+def _central(lo: int, hi: int, size: int) -> tuple[int, int]:
+    """The central ``size`` indices of ``[lo, hi)`` (all of it when shorter)."""
+    if hi - lo <= size:
+        return lo, hi
+    start = (lo + hi) // 2 - size // 2
+    return start, start + size
+
+
 def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) -> np.ndarray:
     """Shift applied to ``rec`` (ramp removed) that best correlates it with ``ref`` in ``box``."""
     r0, r1, c0, c1 = box
@@ -207,6 +217,9 @@ def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) 
     ]
     starts = [s for s in starts if np.all(np.isfinite(s))]
     m = int(math.ceil(max(float(np.max(np.abs(s))) for s in starts) + SEARCH_PX)) + 1
+    # a translation is global: the search scores the central part of a large region only
+    r0, r1 = _central(r0, r1, REGISTRATION_WINDOW_PX)
+    c0, c1 = _central(c0, c1, REGISTRATION_WINDOW_PX)
     # the region plus a margin: a Fourier shift of at most m - 1 px wraps only the margin
     outer = max(0, r0 - m), min(H, r1 + m), max(0, c0 - m), min(W, c1 + m)
     inner = (
