@@ -20,7 +20,8 @@ Conventions
   whitened) cross-correlation of the windowed complex images. Phase correlation alone
   fails on smooth objects (a Gaussian random field): their whitened spectrum is noise
   and the region's edges, and it returned shifts of several pixels for reconstructions
-  that matched the reference with no shift at all.
+  that matched the reference with no shift at all. Shifts are a small correction: at most
+  ``MAX_SHIFT_FRACTION`` of the region's shorter side (and at least ``SEARCH_PX`` pixels).
 * The phase of the reconstruction is compared on the branch of the reference:
   ``phase_rec = phase_ref + angle(rec * conj(ref))`` (the wrapped difference),
   with both rotated by the reference's mean phase so its values sit near zero.
@@ -175,6 +176,9 @@ def _estimate_shift(rec: np.ndarray, ref: np.ndarray, upsample_factor: int) -> n
 #: How far (pixels) the correlation search may move from its best start, and the margin
 #: around the compared region that its Fourier shifts may wrap.
 SEARCH_PX = 3.0
+#: Largest registration shift, as a fraction of the compared region's shorter side (at
+#: least SEARCH_PX pixels).
+MAX_SHIFT_FRACTION = 0.1
 #: Side of the central part of the compared region that the correlation search scores.
 REGISTRATION_WINDOW_PX = 512
 
@@ -215,7 +219,10 @@ def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) 
         _estimate_shift(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1], upsample_factor),
         _cross_correlation_shift(rec[r0:r1, c0:c1], ref[r0:r1, c0:c1], upsample_factor),
     ]
-    starts = [s for s in starts if np.all(np.isfinite(s))]
+    # a poor reconstruction can correlate best with what lies far outside the region: a
+    # shift is a small correction of known positions, at most MAX_SHIFT_FRACTION of the region
+    limit = max(SEARCH_PX, MAX_SHIFT_FRACTION * min(r1 - r0, c1 - c0))
+    starts = [s for s in starts if np.all(np.isfinite(s)) and np.max(np.abs(s)) <= limit]
     m = int(math.ceil(max(float(np.max(np.abs(s))) for s in starts) + SEARCH_PX)) + 1
     # a translation is global: the search scores the central part of a large region only
     r0, r1 = _central(r0, r1, REGISTRATION_WINDOW_PX)
@@ -229,7 +236,7 @@ def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) 
         min(c1, outer[3] - m),
     )
     if min(inner[1] - inner[0], inner[3] - inner[2]) < MIN_REGION_PX:
-        return starts[1] if len(starts) > 1 else np.zeros(2)  # no room to compare shifts
+        return np.zeros(2)  # no room to compare shifts
     spectrum = np.fft.fft2(rec[outer[0] : outer[1], outer[2] : outer[3]])
     target = ref[inner[0] : inner[1], inner[2] : inner[3]]
     rows = slice(inner[0] - outer[0], inner[1] - outer[0])
@@ -252,7 +259,11 @@ def _register(rec: np.ndarray, ref: np.ndarray, box: Box, upsample_factor: int) 
         },
     )
     shift = np.asarray(found.x, dtype=np.float64)
-    if found.fun >= min(scores) or np.max(np.abs(shift - start)) > SEARCH_PX:
+    if (
+        found.fun >= min(scores)
+        or np.max(np.abs(shift - start)) > SEARCH_PX
+        or np.max(np.abs(shift)) > limit
+    ):
         shift = start
     return np.round(shift, 3) if np.any(shift != 0) else shift
 
