@@ -312,7 +312,7 @@ def align(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Register and normalise a reconstruction onto a reference.
 
-    The shift is estimated inside ``crop_box`` (sub-pixel, phase correlation)
+    The shift is estimated inside ``crop_box`` (sub-pixel, the best correlation; module notes)
     and applied to the whole reconstruction as a Fourier shift
     (``scipy.ndimage.fourier_shift``, periodic); the region is then cropped
     and shrunk by ``ceil(|shift|) + 1`` pixels wherever it comes that close
