@@ -617,14 +617,15 @@ def summary_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, result: dict[str, Any], matmul: dict[str, Any], device: str) -> None:
-    """Write a partial result: efficiencies against the matmul rate measured at the start."""
+def with_efficiencies(
+    result: dict[str, Any], matmul: dict[str, Any], device: str
+) -> dict[str, Any]:
+    """A copy of ``result`` holding ``matmul`` and every case's efficiencies against it."""
     result = json.loads(json.dumps(result, default=str))  # deep copy
-    matmul = {**matmul, "reference_float32_flops_per_s": matmul["float32"]["flops_per_s"]}
     result["matmul"] = matmul
     for case in result["cases"]:
         add_efficiencies(case, matmul, device)
-    path.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -698,7 +699,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 # rewritten after every case (efficiencies against the start's matmul), so a
                 # run that is stopped keeps what it measured
-                _write_json(out, {**result, "partial": True}, matmul, device)
+                start_reference = matmul["float32"]["flops_per_s"]
+                partial = with_efficiencies(
+                    {**result, "partial": True},
+                    {**matmul, "reference_float32_flops_per_s": start_reference},
+                    device,
+                )
+                out.write_text(json.dumps(partial, indent=2))
     log("reference matmul again")
     matmul_end = measure_matmul(device, mode["min_time_s"])
     matmul.update({f"{k}_end": v for k, v in matmul_end.items()})
@@ -706,9 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         matmul["float32"]["flops_per_s"], matmul_end["float32"]["flops_per_s"]
     )
     matmul["note"] = "reference = the higher float32 rate of the start and the end of the run"
-    result["matmul"] = matmul
-    for case in result["cases"]:
-        add_efficiencies(case, matmul, device)
+    result = with_efficiencies(result, matmul, device)
     result["machine"]["load_average_end"] = _loadavg()
     result["machine"]["orchestrator_max_rss_mb"] = peak_memory_mb(device)["max_rss_mb"]
     result["wall_s"] = time.perf_counter() - started
