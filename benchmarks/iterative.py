@@ -5,8 +5,9 @@ For each object class and dose, on one machine and with the same number of torch
 1. simulates a scan (N = 64, known probe, known positions) with
    :func:`ptychopinn.data.simulate.simulate_scan` and checks that pty-chi's forward model,
    given the true object, reproduces the simulated intensities (``forward_check``);
-2. trains the cheap ptychopinn network self-supervised on that scan (``training_s``, a one-off
-   cost per instrument and sample type), then times ``python -m ptychopinn.cli infer`` end to
+2. trains ptychopinn's CPU network (``commands.CPU_PRESET``, the physics-informed U-Net)
+   self-supervised on that scan (``training_s``, a one-off cost per instrument and sample
+   type), then times ``python -m ptychopinn.cli infer`` end to
    end as a fresh process and scores its output against the ground truth (SPEC section 8:
    scanned region, sub-pixel registration, global phase and phase ramp removed);
 3. runs ptychopinn's likelihood refinement (:func:`ptychopinn.refinement.refine`) from the
@@ -58,6 +59,7 @@ from run import describe_machine as describe_speed_machine  # noqa: E402
 
 import ptychopinn
 from ptychopinn import workflows as pp
+from ptychopinn.commands import CPU_PRESET
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.data.simulate import simulate_scan
 from ptychopinn.inference import Reconstruction
@@ -260,7 +262,7 @@ def train_network(
     scan: ScanData, args: argparse.Namespace, device: str, run_dir: Path
 ) -> dict[str, Any]:
     config = Config(
-        model=ModelConfig(N=N, gridsize=1, n_filters_scale=1.0, stem_stride=2),
+        model=ModelConfig(N=N, gridsize=1, **CPU_PRESET),
         training=TrainingConfig(
             max_epochs=args.epochs,
             batch_size=16,

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ptychopinn import workflows as pp
+from ptychopinn.commands import CPU_PRESET
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.data.simulate import simulate_scan
 from ptychopinn.refinement import RefineOptions, refine
@@ -52,6 +53,7 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
             n_filters_scale=args.n_filters_scale,
             stem_stride=args.stem_stride,
             architecture=args.architecture,
+            mode=args.mode,
         ),
         training=TrainingConfig(
             max_epochs=args.epochs,
@@ -100,7 +102,18 @@ def main() -> None:
     p.add_argument("--gridsize", type=int, default=1)
     p.add_argument("--n_filters_scale", type=float, default=1.0)
     p.add_argument("--stem_stride", type=int, default=2)
-    p.add_argument("--architecture", default="ptychopinn", choices=["ptychopinn", "backprop_unet"])
+    p.add_argument(
+        "--architecture",
+        default=CPU_PRESET["architecture"],
+        choices=["ptychopinn", "backprop_unet"],
+        help="network (default: the CPU preset's; --architecture ptychopinn for the cheap CNN)",
+    )
+    p.add_argument(
+        "--mode",
+        default="unsupervised",
+        choices=["unsupervised", "supervised"],
+        help="supervised: train on the ground-truth patches (an upper bound for the network)",
+    )
     p.add_argument("--refine", type=int, default=100, help="refinement passes")
     p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
     p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])

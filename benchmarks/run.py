@@ -3,8 +3,8 @@
 Measures, in one run on one machine:
 
 * the machine's dense matmul rate, the reference of every efficiency figure;
-* for N = 64 and 128 and three networks of the CNN family (``default``, ``cheap``,
-  ``tiny``): parameters, forward FLOPs per pattern, predict-only throughput (float32,
+* for N = 64 and 128 and four networks (``default``, ``cheap`` and ``tiny`` of the
+  PtychoPINN CNN family, and ``unet``, the CPU preset's physics-informed U-Net): parameters, forward FLOPs per pattern, predict-only throughput (float32,
   channels-last, bf16 autocast, with their deviation from float32), predict + stitch
   (:func:`ptychopinn.inference.reconstruct`), the end-to-end ``ptychopinn infer`` process
   and a profile of where its time goes, training throughput and peak memory.
@@ -51,11 +51,12 @@ except ImportError:  # a checkout without an install
 sys.path.insert(0, str(HERE))
 from speed_workers import PHOTONS, measure_matmul, peak_memory_mb  # noqa: E402
 
-#: Networks of the CNN family (ModelConfig keywords).
+#: Networks (ModelConfig keywords): the PtychoPINN CNN at three sizes and the CPU preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"n_filters_scale": 2.0, "stem_stride": 1},
     "cheap": {"n_filters_scale": 1.0, "stem_stride": 2},
     "tiny": {"n_filters_scale": 0.5, "stem_stride": 2},
+    "unet": {"architecture": "backprop_unet", "n_filters_scale": 1.0, "stem_stride": 2},
 }
 
 #: Measurements: predict-only, reconstruct(), ptychopinn infer, its profile, training
@@ -73,7 +74,7 @@ MODES: dict[str, dict[str, Any]] = {
         "cases": {
             (n, preset): ALL if (n, preset) != (128, "default") else ALL[:3] + ALL[4:]
             for n in (64, 128)
-            for preset in ("default", "cheap", "tiny")
+            for preset in ("default", "cheap", "tiny", "unet")
         },
     },
     "quick": {
@@ -83,9 +84,10 @@ MODES: dict[str, dict[str, Any]] = {
         "lightning_epoch_s": None,
         "cases": {
             (64, "default"): ("predict",),
-            (64, "cheap"): ("predict", "stitch", "e2e", "profile", "train"),
+            (64, "cheap"): ("predict",),
             (64, "tiny"): ("predict",),
-            (128, "cheap"): ("predict", "e2e"),
+            (64, "unet"): ("predict", "stitch", "e2e", "profile", "train"),
+            (128, "unet"): ("predict", "e2e"),
         },
     },
 }

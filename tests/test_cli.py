@@ -223,12 +223,15 @@ def test_commands_write_nothing_in_the_working_directory(sim, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], (1.0, 2)),  # CPU, size not chosen: the cheap network
-        (["--n_filters_scale", "2"], (2.0, 1)),  # chosen: kept, the rest from ModelConfig
-        (["--stem_stride", "1"], (2.0, 1)),
+        ([], ("backprop_unet", 1.0, 2)),  # CPU, network not chosen: the U-Net preset
+        # chosen: kept, the rest from ModelConfig (the upstream network)
+        (["--n_filters_scale", "2"], ("ptychopinn", 2.0, 1)),
+        (["--stem_stride", "1"], ("ptychopinn", 2.0, 1)),
+        (["--architecture", "ptychopinn"], ("ptychopinn", 2.0, 1)),
+        (["--architecture", "backprop_unet"], ("backprop_unet", 2.0, 1)),
     ],
 )
-def test_cpu_runs_default_to_the_cheap_network(tmp_path, flags, expected):
+def test_cpu_runs_default_to_the_unet_preset(tmp_path, flags, expected):
     from ptychopinn.cli import build_parser
     from ptychopinn.commands import config_from_args
 
@@ -237,7 +240,7 @@ def test_cpu_runs_default_to_the_cheap_network(tmp_path, flags, expected):
          "cpu", *flags]
     )  # fmt: skip
     model = config_from_args(args, 64).model
-    assert (model.n_filters_scale, model.stem_stride) == expected
+    assert (model.architecture, model.n_filters_scale, model.stem_stride) == expected
 
 
 def test_json_config_choosing_the_size_is_respected(tmp_path):
@@ -250,4 +253,4 @@ def test_json_config_choosing_the_size_is_respected(tmp_path):
          str(tmp_path / "c.json")]
     )  # fmt: skip
     model = config_from_args(args, 64).model
-    assert (model.n_filters_scale, model.stem_stride) == (0.5, 1)
+    assert (model.architecture, model.n_filters_scale, model.stem_stride) == ("ptychopinn", 0.5, 1)

@@ -282,8 +282,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--n_filters_scale",
         type=_positive_float,
         default=None,
-        help="filter multiplier (default 2; on a CPU, when neither this nor --stem_stride is "
-        "given, the cheap network: 1 with --stem_stride 2)",
+        help="filter multiplier (default 2; on a CPU, when none of this, --stem_stride and "
+        "--architecture is given: 1, with --stem_stride 2 and --architecture backprop_unet)",
     )
     _flag(
         p,
@@ -299,7 +299,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=["ptychopinn", "backprop_unet"],
         default=None,
         help="network: ptychopinn (encoder + two decoders, default) or backprop_unet "
-        "(back-propagated estimate + real-space U-Net)",
+        "(back-propagated estimate + real-space U-Net; the default on a CPU when no "
+        "network size is given either)",
     )
     _flag(p, "--amp_activation", choices=["softplus", "sigmoid", "exp", "relu"], default=None)
     _flag(

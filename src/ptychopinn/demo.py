@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptychopinn.commands import CPU_PRESET
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.errors import OutputExistsError
 
 logger = logging.getLogger(__name__)
 
-#: The demo preset: a cheap network that trains in a few minutes on 2 CPU cores.
+#: The demo preset: the CPU network (the physics-informed U-Net of ``commands.CPU_PRESET``),
+#: which trains in a few minutes on 2 CPU cores.
 DEMO_N = 64
 DEMO_POSITIONS = 576
 DEMO_PHOTONS = 1e6
@@ -23,7 +25,7 @@ DEMO_REFINE_PASSES = 100
 
 def demo_config(gridsize: int, max_epochs: int, seed: int, accelerator: str) -> Config:
     return Config(
-        model=ModelConfig(N=DEMO_N, gridsize=gridsize, n_filters_scale=1.0, stem_stride=2),
+        model=ModelConfig(N=DEMO_N, gridsize=gridsize, **CPU_PRESET),
         training=TrainingConfig(
             max_epochs=max_epochs,
             batch_size=16,
