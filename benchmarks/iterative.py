@@ -354,7 +354,7 @@ def refine_curve(
     # passes: the fixed step 0.05 these results were measured with. The package default
     # (step 0.1, cosine-annealed over the second half of a pass count fixed in advance) is
     # measured at fixed pass counts instead (README, Results).
-    options = RefineOptions(n_iter=MAX_STEPS, object_lr=0.05, schedule="constant")
+    options = RefineOptions(n_iter=MAX_STEPS, object_lr=0.05, schedule="constant", coarse_factor=0)
     load = _loadavg()
     clock["t0"] = time.perf_counter()
     with contextlib.suppress(_BudgetSpentError):

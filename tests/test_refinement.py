@@ -35,22 +35,36 @@ def test_refinement_from_flat_recovers_the_object(scan):
     assert _phase_ssim(rec, scan) > 0.7
 
 
-def test_refinement_keeps_the_truth_near_the_truth(scan):
-    """Started at the ground truth, the likelihood optimum stays there (physics consistency)."""
+def _truth_start(scan, norm, phase_error=None):
+    """The ground truth on the refinement canvas, in normalised units, as a start.
+
+    ``phase_error`` (a function of the canvas shape) multiplies it by exp(i error).
+    """
     from ptychopinn.inference import Reconstruction
     from ptychopinn.stitching import CanvasGeometry
 
-    norm = Normalization.from_scan(scan)
-    probe = normalize_probe(torch.from_numpy(scan.probe))
     geometry = CanvasGeometry.covering(scan.positions_px, scan.N)
     r0, c0 = geometry.origin_px
     h, w = geometry.shape
     truth = scan.object[r0 : r0 + h, c0 : c0 + w]
     # object amplitude in the normalised units: |O| rms over the illuminated area = 1 / scale
     scale = np.sqrt(norm.probe_power) * norm.amplitude_factor / (scan.N / 2)
-    start = Reconstruction(
-        truth * scale, geometry.origin_px, np.ones(geometry.shape, np.float32), scan.positions_px
+    obj = truth * scale
+    if phase_error is not None:
+        obj = obj * np.exp(1j * phase_error((h, w)))
+    return Reconstruction(
+        obj.astype(np.complex64),
+        geometry.origin_px,
+        np.ones(geometry.shape, np.float32),
+        scan.positions_px,
     )
+
+
+def test_refinement_keeps_the_truth_near_the_truth(scan):
+    """Started at the ground truth, the likelihood optimum stays there (physics consistency)."""
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    start = _truth_start(scan, norm)
     before = _phase_ssim(start, scan)
     rec, _, _ = refine(
         scan, probe, norm, start, RefineOptions(n_iter=3, batch_size=16, object_lr=0.005)
@@ -93,3 +107,36 @@ def test_collapsed_network_is_flagged_and_refinement_starts_flat(scan, caplog):
     assert "refining from a flat object" in caplog.text
     flat = refine_reconstruction(bundle, scan, None, passes=1)
     np.testing.assert_allclose(refined.object, flat.object)
+
+
+def test_coarse_field_corrects_large_scale_phase_errors_faster(scan):
+    """A start that is right in detail but wrong in large-scale phase (a network's typical
+    error: per-patch constant phases that stitching could not infer) is corrected in fewer
+    passes with the coarse correction field than by the canvas pixels alone."""
+    from scipy.ndimage import gaussian_filter
+
+    def error(shape):
+        e = gaussian_filter(np.random.default_rng(0).standard_normal(shape), 8.0)
+        return e / e.std()  # 1 rad rms, features of ~20 px
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    start = _truth_start(scan, norm, error)
+    before = _phase_ssim(start, scan)
+    scores = {}
+    for factor in (0, 16):
+        options = RefineOptions(n_iter=20, batch_size=16, coarse_factor=factor)
+        rec, _, _ = refine(scan, probe, norm, start, options)
+        scores[factor] = _phase_ssim(rec, scan)
+    # measured: 0.18 at the start; 0.70 without, 0.75 with the coarse field after 20 passes
+    assert before < 0.3 and scores[0] > before
+    assert scores[16] > scores[0] + 0.03, (before, scores)
+
+
+def test_bad_coarse_options_are_config_errors():
+    from ptychopinn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="coarse_factor"):
+        RefineOptions(coarse_factor=-1)
+    with pytest.raises(ConfigError, match="coarse_until"):
+        RefineOptions(coarse_until=0.0)

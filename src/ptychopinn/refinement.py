@@ -6,6 +6,13 @@ model (:func:`~ptychopinn.physics.functional.extract_patches` then
 :func:`~ptychopinn.physics.functional.far_field_amplitude`) and the same Poisson
 likelihood used in training, starting from the network's estimate — or from a
 flat object, for comparison.
+
+Gradient steps on the canvas pixels correct fine detail quickly but large-scale errors only
+slowly (each step is local), and large-scale phase is exactly what a network that sees one
+pattern at a time gets wrong: each patch carries an arbitrary constant phase that stitching
+must infer from the overlaps. So the object is parameterised as the canvas plus a coarse
+correction field (one complex value per ``coarse_factor`` x ``coarse_factor`` block, bilinearly
+upsampled) that is optimised alongside the canvas during the first passes and then frozen.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ class RefineOptions:
         ``constant`` keeps them
     final_lr_fraction : step size of the last pass relative to the first (``cosine``)
     anneal_start : fraction of the passes run at the full step before annealing (``cosine``)
+    coarse_factor : block size (pixels) of the coarse correction field; 0 disables it
+    coarse_lr : Adam step size on the coarse field
+    coarse_until : fraction of the passes over which the coarse field's step falls linearly
+        to zero (it is frozen after that)
     seed : shuffling seed
     """
 
@@ -54,7 +65,18 @@ class RefineOptions:
     schedule: Literal["constant", "cosine"] = "cosine"
     final_lr_fraction: float = 0.05
     anneal_start: float = 0.5
+    coarse_factor: int = 16
+    coarse_lr: float = 0.03
+    coarse_until: float = 0.5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.coarse_factor, int) or self.coarse_factor < 0:
+            raise ConfigError(
+                f"coarse_factor: expected a non-negative integer, got {self.coarse_factor!r}"
+            )
+        if not 0.0 < self.coarse_until <= 1.0:
+            raise ConfigError(f"coarse_until: expected in (0, 1], got {self.coarse_until!r}")
 
 
 @dataclass
@@ -109,6 +131,15 @@ def refine(
     groups = [{"params": [canvas], "lr": opts.object_lr}]
     if opts.probe_lr > 0:
         groups.append({"params": [probe_param], "lr": opts.probe_lr})
+    coarse = None
+    if opts.coarse_factor > 0 and opts.coarse_lr > 0:
+        h, w = geometry.shape
+        block = opts.coarse_factor
+        # (2, 1, Hc, Wc): real and imaginary part of the correction, one value per block
+        coarse = torch.nn.Parameter(
+            torch.zeros(2, 1, -(-h // block), -(-w // block), device=device)
+        )
+        groups.append({"params": [coarse], "lr": opts.coarse_lr})
     optimizer = torch.optim.Adam(groups)
     if opts.schedule not in ("constant", "cosine"):
         raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {opts.schedule!r}")
@@ -116,22 +147,36 @@ def refine(
     generator = torch.Generator().manual_seed(opts.seed)
     scale = normalization.intensity_scale
     trace = RefineTrace()
+
+    def current() -> torch.Tensor:
+        """The object: canvas + the upsampled coarse correction (H, W) complex."""
+        if coarse is None:
+            return canvas
+        up = torch.nn.functional.interpolate(
+            coarse, size=canvas.shape, mode="bilinear", align_corners=False
+        )[:, 0]  # (2, H, W)
+        return canvas + torch.complex(up[0], up[1])
+
     t0 = time.perf_counter()
     k = measured.shape[0]
     for it in range(opts.n_iter):
+        factor = 1.0
         if opts.schedule == "cosine" and opts.n_iter > 1:
             f = opts.final_lr_fraction
             first = int(opts.n_iter * opts.anneal_start)  # full steps until here, then anneal
             progress = max(0, it - first) / max(1, opts.n_iter - 1 - first)
             factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-            for group, lr in zip(optimizer.param_groups, starts, strict=True):
-                group["lr"] = lr * factor
+        for group, lr in zip(optimizer.param_groups, starts, strict=True):
+            group["lr"] = lr * factor
+        if coarse is not None:  # falls linearly to zero over the first coarse_until passes
+            group = optimizer.param_groups[-1]
+            group["lr"] = starts[-1] * factor * max(0.0, 1 - it / (opts.coarse_until * opts.n_iter))
         order = torch.randperm(k, generator=generator).to(device)
         total = 0.0
         for b in range(0, k, opts.batch_size):
             idx = order[b : b + opts.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            patches = extract_patches(canvas[None], pos[idx][None], n)[0]  # (B, N, N)
+            patches = extract_patches(current()[None], pos[idx][None], n)[0]  # (B, N, N)
             predicted = far_field_amplitude(probe_param, patches)  # (B, N, N)
             loss = poisson_nll(predicted, measured[idx], scale)
             loss.backward()
@@ -140,13 +185,17 @@ def refine(
         trace.loss.append(total / k)
         trace.elapsed_s.append(time.perf_counter() - t0)
         if callback is not None:
-            callback(it, _result(canvas, geometry, start, positions, trace))  # type: ignore[operator]
+            with torch.no_grad():
+                obj = current()
+            callback(it, _result(obj, geometry, start, positions, trace))  # type: ignore[operator]
     logger.info(
         "refined %d passes over %d patterns in %.2f s (loss %.6g -> %.6g)",
         opts.n_iter, k, trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
         trace.loss[0] if trace.loss else float("nan"), trace.loss[-1] if trace.loss else float("nan"),
     )  # fmt: skip
-    return _result(canvas, geometry, start, positions, trace), probe_param.detach(), trace
+    with torch.no_grad():
+        obj = current()
+    return _result(obj, geometry, start, positions, trace), probe_param.detach(), trace
 
 
 def _pattern_index(scan: ScanData, positions: np.ndarray) -> np.ndarray:
