@@ -7,6 +7,8 @@ self-supervised on A, then scores against ground truth with the SPEC §8 metrics
 * ``self``: reconstruct A with the model trained on A (network alone, then + refinement)
 * ``transfer``: reconstruct B with the model trained on A
 * ``flat``: refinement of A from a flat object with the same number of passes
+* with ``--pass-counts``: time to quality, the default refinement of A run to each pass count
+  separately (its schedule depends on the count) from the network and from a flat object
 
 Usage::
 
@@ -84,6 +86,25 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
     norm = bundle.normalization.for_scan(scan_a)
     flat, _, _ = refine(scan_a, bundle.probe, norm, None, RefineOptions(n_iter=args.refine), device)
     out["self_flat_refined"] = {**score(flat, scan_a), "refine_s": time.perf_counter() - t0}
+    if args.pass_counts:
+        t0 = time.perf_counter()
+        rec = pp.reconstruct(bundle, scan_a, device=device)
+        out["time_to_quality"] = {"inference_s": time.perf_counter() - t0}
+        for name, start in (("network", rec), ("flat", None)):
+            points = []
+            for count in args.pass_counts:
+                t0 = time.perf_counter()
+                refined, _, _ = refine(
+                    scan_a, bundle.probe, norm, start, RefineOptions(n_iter=count), device
+                )
+                points.append(
+                    {
+                        "passes": count,
+                        "refine_s": time.perf_counter() - t0,
+                        **score(refined, scan_a),
+                    }
+                )
+            out["time_to_quality"][name] = points
     return out
 
 
@@ -115,6 +136,13 @@ def main() -> None:
         help="supervised: train on the ground-truth patches (an upper bound for the network)",
     )
     p.add_argument("--refine", type=int, default=100, help="refinement passes")
+    p.add_argument(
+        "--pass-counts",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also refine scan A to each of these pass counts from the network and from flat",
+    )
     p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
     p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])
     args = p.parse_args()

@@ -120,3 +120,34 @@ def test_supervised_training_learns_the_labels(tmp_path):
     assert bundle.config.model.mode == "supervised"
     rec = pp.reconstruct(bundle, scan)
     assert np.all(np.isfinite(rec.object))
+
+
+def test_training_reports_a_collapse_only_after_the_first_steps(tmp_path, caplog):
+    """A network stuck at one patch is reported, but not before it has had a chance to learn."""
+    import lightning as L
+
+    from ptychopinn import workflows as pp
+    from ptychopinn.data.simulate import simulate_scan
+    from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS
+
+    class ConstantHead(L.Callback):
+        """Zero output head: the same patch for every pattern (kept by a learning rate ~0)."""
+
+        def on_train_start(self, trainer, pl_module):
+            torch.nn.init.zeros_(pl_module.net.head.weight)
+            torch.nn.init.zeros_(pl_module.net.head.bias)
+
+    scan = simulate_scan(n=32, n_positions=64, object_kind="image", photons_per_pattern=1e6, seed=0)
+    model = ModelConfig(N=32, stem_stride=2, n_filters_scale=0.125, architecture="backprop_unet")
+    steps_per_epoch = 4  # 61 training groups (5% of 64 held out), batch 16
+    for epochs, expected in ((2, False), (COLLAPSE_MIN_STEPS // steps_per_epoch + 2, True)):
+        config = Config(
+            model=model,
+            training=TrainingConfig(max_epochs=epochs, learning_rate=1e-12, logger="none"),
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pp.train(
+                config, scan, tmp_path / f"run{epochs}", progress=False, callbacks=[ConstantHead()]
+            )
+        assert ("training has collapsed" in caplog.text) is expected, caplog.text

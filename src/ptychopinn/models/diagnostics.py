@@ -6,6 +6,10 @@ from torch import Tensor
 
 #: Output variation (see :func:`output_variation`) below which a model counts as collapsed.
 COLLAPSE_THRESHOLD = 1e-4
+#: Optimiser steps before training reports a collapse: a freshly initialised network (the
+#: U-Net's in particular) predicts nearly the same patch for every pattern until it has
+#: learned something, which is not a collapse.
+COLLAPSE_MIN_STEPS = 50
 
 
 def output_variation(patches: Tensor, support: Tensor) -> Tensor:

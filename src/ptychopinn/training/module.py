@@ -14,7 +14,7 @@ from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.models import build_network
 from ptychopinn.models.cnn import object_patches
-from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
+from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS, COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.forward import ForwardModel
 from ptychopinn.physics.functional import amplitude_mae, poisson_nll, square_support
 
@@ -111,12 +111,14 @@ class PtychoPINNModule(L.LightningModule):
             variation is not None
             and float(variation) < COLLAPSE_THRESHOLD
             and not self.trainer.sanity_checking
+            and self.trainer.global_step >= COLLAPSE_MIN_STEPS
             and self.trainer.is_global_zero
         ):
             logger.warning(
-                "epoch %d: the model predicts nearly the same patch for every pattern "
+                "epoch %d (step %d): the model predicts nearly the same patch for every pattern "
                 "(output variation %.2e < %.0e): training has collapsed",
                 self.current_epoch,
+                self.trainer.global_step,
                 float(variation),
                 COLLAPSE_THRESHOLD,
             )
