@@ -448,13 +448,13 @@ def save_untrained_bundle(n: int, preset: str, scan: Any, work: Path) -> Path:
     from ptychopinn.bundle import save_bundle
     from ptychopinn.config import Config, ModelConfig
     from ptychopinn.data.dataset import Normalization
-    from ptychopinn.models.cnn import PtychoPINNNet
+    from ptychopinn.models import build_network
     from ptychopinn.physics.forward import ForwardModel
     from ptychopinn.physics.functional import square_support
 
     model = ModelConfig(N=n, **PRESETS[preset])
     torch.manual_seed(0)
-    net = PtychoPINNNet(model)
+    net = build_network(model)
     physics = ForwardModel.from_raw_probe(
         torch.from_numpy(scan.probe), square_support(n, model.support_px), model.probe_mask
     )
