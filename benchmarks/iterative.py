@@ -7,9 +7,9 @@ For each object class and dose, on one machine and with the same number of torch
    given the true object, reproduces the simulated intensities (``forward_check``);
 2. trains ptychopinn's CPU network (``commands.CPU_PRESET``, the physics-informed U-Net)
    self-supervised on that scan (``training_s``, a one-off cost per instrument and sample
-   type), then times ``python -m ptychopinn.cli infer`` end to
-   end as a fresh process and scores its output against the ground truth (SPEC section 8:
-   scanned region, sub-pixel registration, global phase and phase ramp removed);
+   type), then times ``python -m ptychopinn.cli infer`` end to end as a fresh process and
+   scores its output against the ground truth (SPEC section 8: scanned region, sub-pixel
+   registration, global phase and phase ramp removed);
 3. runs ptychopinn's likelihood refinement (:func:`ptychopinn.refinement.refine`) from the
    network's reconstruction and from a flat object, scoring after every pass;
 4. runs pty-chi's ePIE and LSQML with the probe and positions fixed at their true values from

@@ -4,8 +4,9 @@ Measures, in one run on one machine:
 
 * the machine's dense matmul rate, the reference of every efficiency figure;
 * for N = 64 and 128 and four networks (``default``, ``cheap`` and ``tiny`` of the
-  PtychoPINN CNN family, and ``unet``, the CPU preset's physics-informed U-Net): parameters, forward FLOPs per pattern, predict-only throughput (float32,
-  channels-last, bf16 autocast, with their deviation from float32), predict + stitch
+  PtychoPINN CNN family, and ``unet``, the CPU preset's physics-informed U-Net): parameters,
+  forward FLOPs per pattern, predict-only throughput (float32, channels-last, bf16 autocast,
+  with their deviation from float32), predict + stitch
   (:func:`ptychopinn.inference.reconstruct`), the end-to-end ``ptychopinn infer`` process
   and a profile of where its time goes, training throughput and peak memory.
 
@@ -51,12 +52,14 @@ except ImportError:  # a checkout without an install
 sys.path.insert(0, str(HERE))
 from speed_workers import PHOTONS, measure_matmul, peak_memory_mb  # noqa: E402
 
+from ptychopinn.commands import CPU_PRESET  # noqa: E402
+
 #: Networks (ModelConfig keywords): the PtychoPINN CNN at three sizes and the CPU preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"n_filters_scale": 2.0, "stem_stride": 1},
     "cheap": {"n_filters_scale": 1.0, "stem_stride": 2},
     "tiny": {"n_filters_scale": 0.5, "stem_stride": 2},
-    "unet": {"architecture": "backprop_unet", "n_filters_scale": 1.0, "stem_stride": 2},
+    "unet": CPU_PRESET,
 }
 
 #: Measurements: predict-only, reconstruct(), ptychopinn infer, its profile, training

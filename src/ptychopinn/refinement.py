@@ -71,6 +71,8 @@ class RefineOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         if not isinstance(self.coarse_factor, int) or self.coarse_factor < 0:
             raise ConfigError(
                 f"coarse_factor: expected a non-negative integer, got {self.coarse_factor!r}"
@@ -141,21 +143,25 @@ def refine(
         )
         groups.append({"params": [coarse], "lr": opts.coarse_lr})
     optimizer = torch.optim.Adam(groups)
-    if opts.schedule not in ("constant", "cosine"):
-        raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {opts.schedule!r}")
     starts = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(opts.seed)
     scale = normalization.intensity_scale
     trace = RefineTrace()
 
-    def current() -> torch.Tensor:
-        """The object: canvas + the upsampled coarse correction (H, W) complex."""
-        if coarse is None:
-            return canvas
+    def correction(field: torch.Tensor) -> torch.Tensor:
+        """The coarse field (2, 1, Hc, Wc) upsampled to the canvas: (H, W) complex."""
         up = torch.nn.functional.interpolate(
-            coarse, size=canvas.shape, mode="bilinear", align_corners=False
+            field, size=canvas.shape, mode="bilinear", align_corners=False
         )[:, 0]  # (2, H, W)
-        return canvas + torch.complex(up[0], up[1])
+        return torch.complex(up[0], up[1])
+
+    frozen: torch.Tensor | None = None  # the correction, upsampled once, after it is frozen
+
+    def current() -> torch.Tensor:
+        """The object: the canvas plus the coarse correction (if any)."""
+        if frozen is not None:
+            return canvas + frozen
+        return canvas if coarse is None else canvas + correction(coarse)
 
     t0 = time.perf_counter()
     k = measured.shape[0]
@@ -168,9 +174,14 @@ def refine(
             factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group, lr in zip(optimizer.param_groups, starts, strict=True):
             group["lr"] = lr * factor
-        if coarse is not None:  # falls linearly to zero over the first coarse_until passes
-            group = optimizer.param_groups[-1]
-            group["lr"] = starts[-1] * factor * max(0.0, 1 - it / (opts.coarse_until * opts.n_iter))
+        if coarse is not None:  # its step falls linearly to zero over coarse_until passes
+            remaining = 1 - it / (opts.coarse_until * opts.n_iter)
+            if remaining > 0:
+                optimizer.param_groups[-1]["lr"] = starts[-1] * factor * remaining
+            else:  # frozen: upsample it once instead of at every step
+                with torch.no_grad():
+                    frozen = correction(coarse)
+                coarse = None  # its parameter gets no more gradients, so Adam skips it
         order = torch.randperm(k, generator=generator).to(device)
         total = 0.0
         for b in range(0, k, opts.batch_size):
