@@ -13,6 +13,10 @@ pattern at a time gets wrong: each patch carries an arbitrary constant phase tha
 must infer from the overlaps. So the object is parameterised as the canvas plus a coarse
 correction field (one complex value per ``coarse_factor`` x ``coarse_factor`` block, bilinearly
 upsampled) that is optimised alongside the canvas during the first passes and then frozen.
+Before that, the start's own large-scale phase (above ``N / 4``) is discarded: the network's
+detail is kept, its guess at what one pattern cannot determine is not. A wrong large-scale
+phase costs refinement far more passes than a missing one (on the quality benchmark's Gaussian
+random field, 0.97 phase SSIM after 30 passes instead of 0.88).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ptychopinn.errors import ConfigError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import extract_patches, far_field_amplitude, poisson_nll
-from ptychopinn.stitching import CanvasGeometry
+from ptychopinn.stitching import CanvasGeometry, Stitcher
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ class RefineOptions:
     coarse_lr : Adam step size on the coarse field
     coarse_until : fraction of the passes over which the coarse field's step falls linearly
         to zero (it is frozen after that)
+    start_phase_sigma_px : the start's phase at scales above this Gaussian width (pixels) is
+        discarded before refining: a start's large-scale phase is what one pattern does not
+        determine (see the module notes), and refinement corrects a wrong large-scale phase
+        far more slowly than it builds up a missing one. None: N / 4; 0 keeps the start as is
     seed : shuffling seed
     """
 
@@ -68,6 +76,7 @@ class RefineOptions:
     coarse_factor: int = 16
     coarse_lr: float = 0.03
     coarse_until: float = 0.5
+    start_phase_sigma_px: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +85,13 @@ class RefineOptions:
         if not isinstance(self.coarse_factor, int) or self.coarse_factor < 0:
             raise ConfigError(
                 f"coarse_factor: expected a non-negative integer, got {self.coarse_factor!r}"
+            )
+        if not self.object_lr > 0:
+            raise ConfigError(f"object_lr: expected a positive step, got {self.object_lr!r}")
+        if self.start_phase_sigma_px is not None and not self.start_phase_sigma_px >= 0:
+            raise ConfigError(
+                "start_phase_sigma_px: expected a non-negative width or None, "
+                f"got {self.start_phase_sigma_px!r}"
             )
         if not 0.0 < self.coarse_until <= 1.0:
             raise ConfigError(f"coarse_until: expected in (0, 1], got {self.coarse_until!r}")
@@ -112,7 +128,10 @@ def refine(
 
     Returns
     -------
-    The refined reconstruction, the (possibly refined) probe, and the loss trace.
+    The refined reconstruction, the (possibly refined) probe, and the loss trace. Its
+    ``coverage`` is the summed probe intensity over the scan positions: refinement fits every
+    illuminated pixel, including those outside a network start's coverage (the corners
+    between the patches' supports), which start at unit transmission.
     """
     opts = options or RefineOptions()
     n = scan.N
@@ -124,6 +143,9 @@ def refine(
     else:
         geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]
         canvas0 = np.where(start.coverage > 0, start.object, 1.0).astype(np.complex64)
+        sigma = opts.start_phase_sigma_px
+        canvas0 = without_large_scale_phase(canvas0, n / 4 if sigma is None else sigma)
+    coverage = _illumination(probe, positions, geometry)
     measured = torch.from_numpy(scan.amplitudes(index) * normalization.amplitude_factor).to(device)
     pos = torch.from_numpy(positions - np.asarray(geometry.origin_px, dtype=np.float64)).to(device)
     canvas = torch.nn.Parameter(torch.from_numpy(canvas0).to(device))
@@ -198,7 +220,7 @@ def refine(
         if callback is not None:
             with torch.no_grad():
                 obj = current()
-            callback(it, _result(obj, geometry, start, positions, trace))  # type: ignore[operator]
+            callback(it, _result(obj, geometry, coverage, start, positions, trace))  # type: ignore[operator]
     logger.info(
         "refined %d passes over %d patterns in %.2f s (loss %.6g -> %.6g)",
         opts.n_iter, k, trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
@@ -206,7 +228,37 @@ def refine(
     )  # fmt: skip
     with torch.no_grad():
         obj = current()
-    return _result(obj, geometry, start, positions, trace), probe_param.detach(), trace
+    result = _result(obj, geometry, coverage, start, positions, trace)
+    return result, probe_param.detach(), trace
+
+
+def without_large_scale_phase(obj: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``obj`` (H, W) complex with its phase at scales above ``sigma_px`` removed.
+
+    The large-scale phase is the phase of ``obj`` smoothed by a Gaussian of width
+    ``sigma_px`` (complex smoothing, so phase wraps do no harm); ``sigma_px = 0`` returns
+    ``obj`` unchanged.
+    """
+    if sigma_px == 0:
+        return obj
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(obj.real, sigma_px) + 1j * gaussian_filter(obj.imag, sigma_px)
+    return (obj * np.exp(-1j * np.angle(smooth))).astype(obj.dtype)
+
+
+def _illumination(
+    probe: torch.Tensor, positions: np.ndarray, geometry: CanvasGeometry, chunk: int = 2048
+) -> np.ndarray:
+    """Summed probe intensity (H, W) over all positions (0 where no probe reaches)."""
+    intensity = probe.detach().abs().square().reshape(-1, *probe.shape[-2:]).sum(0).cpu()
+    stitcher = Stitcher(geometry, intensity)
+    ones = torch.ones(1, *intensity.shape, dtype=torch.complex64)
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.float64))
+    for start in range(0, len(pos), chunk):
+        block = pos[start : start + chunk]
+        stitcher.add(ones.expand(len(block), -1, -1), block)
+    return stitcher.result(min_weight=1e-9)[1].numpy().astype(np.float32)
 
 
 def _pattern_index(scan: ScanData, positions: np.ndarray) -> np.ndarray:
@@ -224,12 +276,12 @@ def _pattern_index(scan: ScanData, positions: np.ndarray) -> np.ndarray:
 def _result(
     canvas: torch.Tensor,
     geometry: CanvasGeometry,
+    coverage: np.ndarray,
     start: Reconstruction | None,
     positions: np.ndarray,
     trace: RefineTrace,
 ) -> Reconstruction:
     obj = canvas.detach().cpu().numpy().astype(np.complex64)
-    coverage = start.coverage if start is not None else np.ones(geometry.shape, np.float32)
     metadata = dict(start.metadata) if start is not None else {}
     metadata.update(
         refine_passes=len(trace.loss),
