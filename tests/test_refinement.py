@@ -67,7 +67,11 @@ def test_refinement_keeps_the_truth_near_the_truth(scan):
     start = _truth_start(scan, norm)
     before = _phase_ssim(start, scan)
     rec, _, _ = refine(
-        scan, probe, norm, start, RefineOptions(n_iter=3, batch_size=16, object_lr=0.005)
+        scan,
+        probe,
+        norm,
+        start,
+        RefineOptions(n_iter=3, batch_size=16, object_lr=0.005, start_phase_sigma_px=0),
     )
     assert before > 0.99
     assert _phase_ssim(rec, scan) > 0.9
@@ -185,6 +189,7 @@ def test_refinement_fills_what_the_start_left_uncovered(scan):
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))
     start = _truth_start(scan, norm)
+    start.object[:] *= np.exp(2j)  # an arbitrary global phase, as a network's stitched object has
     band = np.zeros(start.coverage.shape, bool)
     band[:14], band[-14:], band[:, :14], band[:, -14:] = True, True, True, True
     start.coverage[band] = 0
@@ -200,4 +205,7 @@ def test_refinement_fills_what_the_start_left_uncovered(scan):
     assert reached.mean() > 0.99
     assert np.all(np.abs(rec.object[empty_in_box][reached]) > 0)
     assert rec.coverage.max() > 10 * np.median(rec.coverage[band & (rec.coverage > 0)])
-    assert _phase_ssim(rec, scan) > _phase_ssim(start, scan) + 0.05
+    # measured 0.63 -> 0.978; 0.936 when the empty pixels' unit fill (phase 0) was smoothed
+    # into the start's large-scale phase, which then no longer matched at the boundary
+    assert _phase_ssim(start, scan) < 0.7
+    assert _phase_ssim(rec, scan) > 0.96

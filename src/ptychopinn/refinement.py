@@ -142,9 +142,14 @@ def refine(
         canvas0 = np.ones(geometry.shape, dtype=np.complex64)
     else:
         geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]
-        canvas0 = np.where(start.coverage > 0, start.object, 1.0).astype(np.complex64)
+        covered = start.coverage > 0
         sigma = opts.start_phase_sigma_px
-        canvas0 = without_large_scale_phase(canvas0, n / 4 if sigma is None else sigma)
+        # smoothed over the covered pixels only (the uncovered are 0 and do not count); the
+        # uncovered then start at unit transmission, which matches the start's local phase
+        # once its large-scale phase (and with it the arbitrary global phase) is gone
+        obj = np.where(covered, start.object, 0).astype(np.complex64)
+        obj = without_large_scale_phase(obj, n / 4 if sigma is None else sigma)
+        canvas0 = np.where(covered, obj, 1.0).astype(np.complex64)
     coverage = _illumination(probe, positions, geometry)
     measured = torch.from_numpy(scan.amplitudes(index) * normalization.amplitude_factor).to(device)
     pos = torch.from_numpy(positions - np.asarray(geometry.origin_px, dtype=np.float64)).to(device)
