@@ -147,10 +147,10 @@ def refine(
         # smoothed over the covered pixels only (the uncovered are 0 and do not count); the
         # uncovered then start at unit transmission, which matches the start's local phase
         # once its large-scale phase (and with it the arbitrary global phase) is gone
-        obj = np.where(covered, start.object, 0).astype(np.complex64)
-        obj = without_large_scale_phase(obj, n / 4 if sigma is None else sigma)
-        canvas0 = np.where(covered, obj, 1.0).astype(np.complex64)
-    coverage = _illumination(probe, positions, geometry)
+        start_obj = np.where(covered, start.object, 0).astype(np.complex64)
+        start_obj = without_large_scale_phase(start_obj, n / 4 if sigma is None else sigma)
+        canvas0 = np.where(covered, start_obj, 1.0).astype(np.complex64)
+    coverage = _illumination(probe, positions, geometry, device)
     measured = torch.from_numpy(scan.amplitudes(index) * normalization.amplitude_factor).to(device)
     pos = torch.from_numpy(positions - np.asarray(geometry.origin_px, dtype=np.float64)).to(device)
     canvas = torch.nn.Parameter(torch.from_numpy(canvas0).to(device))
@@ -253,17 +253,21 @@ def without_large_scale_phase(obj: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def _illumination(
-    probe: torch.Tensor, positions: np.ndarray, geometry: CanvasGeometry, chunk: int = 2048
+    probe: torch.Tensor,
+    positions: np.ndarray,
+    geometry: CanvasGeometry,
+    device: torch.device | str = "cpu",
+    chunk: int = 2048,
 ) -> np.ndarray:
     """Summed probe intensity (H, W) over all positions (0 where no probe reaches)."""
-    intensity = probe.detach().abs().square().reshape(-1, *probe.shape[-2:]).sum(0).cpu()
-    stitcher = Stitcher(geometry, intensity)
-    ones = torch.ones(1, *intensity.shape, dtype=torch.complex64)
+    intensity = probe.detach().abs().square().reshape(-1, *probe.shape[-2:]).sum(0)
+    stitcher = Stitcher(geometry, intensity, device=device)
+    ones = torch.ones(1, *intensity.shape, dtype=torch.complex64, device=device)
     pos = torch.from_numpy(np.asarray(positions, dtype=np.float64))
     for start in range(0, len(pos), chunk):
         block = pos[start : start + chunk]
         stitcher.add(ones.expand(len(block), -1, -1), block)
-    return stitcher.result(min_weight=1e-9)[1].numpy().astype(np.float32)
+    return stitcher.result(min_weight=1e-9)[1].cpu().numpy().astype(np.float32)
 
 
 def _pattern_index(scan: ScanData, positions: np.ndarray) -> np.ndarray:
