@@ -32,6 +32,7 @@ from ptychopinn.io.npz import read_npz, write_scan_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.training.callbacks import (
     GracefulShutdown,
+    LastStateCheckpoint,
     NonFiniteLossError,
     NonFiniteLossGuard,
     TrainingInterruptedError,
@@ -112,14 +113,14 @@ def fit(
     max_epochs: int = 2,
     resume: bool = False,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Train like workflows.train does (ModelCheckpoint with save_last, val_loss monitor)."""
+    """Train like workflows.train does (LastStateCheckpoint, val_loss monitor)."""
     config = tiny_config(max_epochs)
     L.seed_everything(0, workers=True, verbose=False)
     normalization = Normalization.from_scan(scan)
     module = PtychoPINNModule(
         config.to_dict(), normalization.to_dict(), probe=torch.from_numpy(scan.probe)
     )
-    checkpoint = ModelCheckpoint(
+    checkpoint = LastStateCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch:03d}", monitor="val_loss",
         save_last=True, save_top_k=1,
     )  # fmt: skip
@@ -143,6 +144,32 @@ def poison(monkeypatch: pytest.MonkeyPatch, stage: str, from_step: int) -> None:
         return loss * float("nan") if s == stage and self.global_step >= from_step else loss
 
     monkeypatch.setattr(PtychoPINNModule, "_common_step", step)
+
+
+def test_last_checkpoint_follows_every_epoch_not_only_the_best(
+    scan: ScanData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last.ckpt`` is the state after the last epoch even when that epoch did not improve
+    the monitored loss (Lightning 2.6.6's ``save_last`` alone left it at the best epoch, so
+    ``--resume`` repeated the epochs since)."""
+    original = PtychoPINNModule._common_step
+
+    def step(self: PtychoPINNModule, batch: dict[str, torch.Tensor], s: str) -> torch.Tensor:
+        if s != "val":
+            return original(self, batch, s)
+        loss = torch.tensor(float(self.current_epoch))  # gets worse every epoch
+        self.log("val_loss", loss, batch_size=batch["amplitude"].shape[0])
+        return loss
+
+    monkeypatch.setattr(PtychoPINNModule, "_common_step", step)
+    trainer, checkpoint = fit(scan, tmp_path, [NonFiniteLossGuard()], max_epochs=3)
+    assert Path(checkpoint.best_model_path).name == "best-epoch=000.ckpt"
+    last = ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, trainer.global_step) == (2, 6)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best-epoch=000.ckpt",
+        "last.ckpt",
+    ]
 
 
 @pytest.mark.parametrize("stage", ["train", "val"])

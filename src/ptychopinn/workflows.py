@@ -178,10 +178,14 @@ def train(
     callbacks : extra Lightning callbacks (e.g. Ptychodus's loss collector)
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
     from ptychopinn.data.datamodule import GroupDataModule
-    from ptychopinn.training.callbacks import GracefulShutdown, NonFiniteLossGuard
+    from ptychopinn.training.callbacks import (
+        GracefulShutdown,
+        LastStateCheckpoint,
+        NonFiniteLossGuard,
+    )
     from ptychopinn.training.module import PtychoPINNModule
 
     _quiet_lightning()
@@ -215,7 +219,7 @@ def train(
         )
         has_val = val_scan is not None or round(_n_groups(train_scan, config) * t.val_fraction) > 0
         monitor = "val_loss" if has_val else "train_loss"
-        checkpoint = ModelCheckpoint(
+        checkpoint = LastStateCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best-{epoch:03d}",
             monitor=monitor,

@@ -242,6 +242,32 @@ class GracefulShutdown(Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
+class LastStateCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after every epoch.
+
+    Lightning 2.6.6 writes ``save_last``'s ``last.ckpt`` only in a step where a top-k
+    checkpoint is written too, so after an epoch that does not improve the monitored loss
+    ``last.ckpt`` stays at the best epoch, and ``--resume`` would repeat the epochs since.
+    This callback writes it at every save point where its parent did not (through the
+    parent's own ``_save_last_checkpoint``, so its bookkeeping of ``last_model_path``, which
+    resuming relies on, stays its own). With other Lightning versions it changes nothing.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missing(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missing(trainer)
+
+    def _save_last_if_missing(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def _own_last(callback: Any) -> str | None:
     """The path a ``ModelCheckpoint(save_last=True)`` writes its ``last.ckpt`` to, in its spelling."""
     if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
