@@ -42,6 +42,22 @@ def test_same_seed_same_scan_other_seed_other_scan() -> None:
     assert not np.array_equal(a.positions_px, c.positions_px)
 
 
+def test_same_seed_same_counts_whatever_the_thread_count() -> None:
+    """The forward model runs on one thread, so the counts cannot depend on how many threads
+    MKL's FFT happens to get (it takes fewer on a busy machine, and the last-bit differences
+    that follow change Poisson counts); the caller's thread count is restored."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = simulate_scan(seed=3, **SMALL)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        b = simulate_scan(seed=3, **SMALL)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(a.diffraction, b.diffraction)
+
+
 def test_photon_count_leaves_object_and_positions_unchanged() -> None:
     a = simulate_scan(seed=1, photons_per_pattern=1e4, **SMALL)
     b = simulate_scan(seed=1, photons_per_pattern=None, **SMALL)

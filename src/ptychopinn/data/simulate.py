@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -559,11 +560,30 @@ def _amplitude_batches(
     m, n = positions.shape[0], probe.shape[-1]
     canvas = torch.from_numpy(obj)[None]  # (1, Ho, Wo)
     probe_t = torch.from_numpy(probe)  # (P, N, N)
-    with torch.no_grad():
-        for start in range(0, m, BATCH_SIZE):
+    for start in range(0, m, BATCH_SIZE):
+        with torch.no_grad(), _one_thread():
             pos = torch.from_numpy(positions[start : start + BATCH_SIZE])[None]  # (1, B, 2)
             patch = extract_patches(canvas, pos, n)[0]  # (B, N, N)
-            yield far_field_amplitude(probe_t, patch).numpy(), patch.numpy()
+            amplitude = far_field_amplitude(probe_t, patch).numpy()
+        yield amplitude, patch.numpy()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread: the same seed then gives the same counts on every run.
+
+    With several threads, MKL's FFT may use fewer of them when the machine is busy, and the
+    float32 amplitudes then differ in their last bits from run to run; Poisson sampling turns
+    such a difference into different counts (numpy's sampler draws a variable number of
+    uniforms per count, so the rest of the stream shifts too). Seen: half the counts of a
+    64-pattern scan differed between two runs with the same seed on a loaded 2-core machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _diffract(
