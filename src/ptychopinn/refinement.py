@@ -62,7 +62,9 @@ class RefineOptions:
     start_phase_sigma_px : the start's phase at scales above this Gaussian width (pixels) is
         discarded before refining: a start's large-scale phase is what one pattern does not
         determine (see the module notes), and refinement corrects a wrong large-scale phase
-        far more slowly than it builds up a missing one. None: N / 4; 0 keeps the start as is
+        far more slowly than it builds up a missing one. None: N / 4 for a network's
+        reconstruction, 0 for a start that was itself refined (``metadata["refine_passes"]``:
+        its large-scale phase came from the overlaps); 0 keeps the start as is
     seed : shuffling seed
     """
 
@@ -148,7 +150,9 @@ def refine(
         # uncovered then start at unit transmission, which matches the start's local phase
         # once its large-scale phase (and with it the arbitrary global phase) is gone
         start_obj = np.where(covered, start.object, 0).astype(np.complex64)
-        start_obj = without_large_scale_phase(start_obj, n / 4 if sigma is None else sigma)
+        if sigma is None:
+            sigma = 0.0 if "refine_passes" in start.metadata else n / 4
+        start_obj = without_large_scale_phase(start_obj, sigma)
         canvas0 = np.where(covered, start_obj, 1.0).astype(np.complex64)
     coverage = _illumination(probe, positions, geometry, device)
     measured = torch.from_numpy(scan.amplitudes(index) * normalization.amplitude_factor).to(device)
