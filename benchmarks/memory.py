@@ -207,7 +207,7 @@ def _make_bundle(path: Path, n: int) -> None:
     from ptychopinn.bundle import save_bundle
     from ptychopinn.config import Config, ModelConfig
     from ptychopinn.data.dataset import Normalization
-    from ptychopinn.data.simulate import make_probe
+    from ptychopinn.data.samples import make_probe
     from ptychopinn.models.cnn import PtychoPINNNet
 
     torch.manual_seed(0)

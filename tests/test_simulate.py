@@ -11,15 +11,15 @@ import torch
 from scipy.spatial import cKDTree
 
 from ptychopinn.data import simulate
-from ptychopinn.data.simulate import (
+from ptychopinn.data.samples import (
     ObjectKind,
     ProbeKind,
     ScanKind,
     make_object,
     make_probe,
     make_scan_positions,
-    simulate_scan,
 )
+from ptychopinn.data.simulate import simulate_scan
 from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.npz import read_npz, write_scan_npz
 from ptychopinn.physics.functional import far_field_amplitude

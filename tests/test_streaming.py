@@ -244,7 +244,7 @@ def test_chunked_stitching_matches_all_at_once_on_exact_patches() -> None:
     """Exact patches with random phases: stitched 64 at a time in Hilbert order, the canvas
     agrees with stitching them all at once (and both with the object)."""
     rng = np.random.default_rng(0)
-    from ptychopinn.data.simulate import make_object, make_scan_positions
+    from ptychopinn.data.samples import make_object, make_scan_positions
 
     obj = make_object("grf", (140, 140), rng, max_phase_rad=2.0, feature_px=4.0)
     pos = make_scan_positions("raster", 900, 3.2, rng, jitter_px=0.5) + 70
