@@ -264,7 +264,7 @@ def _illumination(
     chunk: int = 2048,
 ) -> np.ndarray:
     """Summed probe intensity (H, W) over all positions (0 where no probe reaches)."""
-    intensity = probe.detach().abs().square().reshape(-1, *probe.shape[-2:]).sum(0)
+    intensity = probe.detach().abs().square().sum(0)  # (N, N), over the probe modes
     stitcher = Stitcher(geometry, intensity, device=device)
     ones = torch.ones(1, *intensity.shape, dtype=torch.complex64, device=device)
     pos = torch.from_numpy(np.asarray(positions, dtype=np.float64))
