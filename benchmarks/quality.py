@@ -56,12 +56,14 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
             stem_stride=args.stem_stride,
             architecture=args.architecture,
             mode=args.mode,
+            per_pattern=args.per_pattern,
         ),
         training=TrainingConfig(
             max_epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
             scheduler="cosine",
+            n_groups=args.n_groups,
             logger="none",
             accelerator=args.accelerator,
         ),
@@ -120,6 +122,18 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--gridsize", type=int, default=1)
+    p.add_argument(
+        "--per_pattern",
+        action="store_true",
+        help="at gridsize > 1, one network per pattern (shared weights), not the group as channels",
+    )
+    p.add_argument(
+        "--n_groups",
+        type=int,
+        default=None,
+        help="training groups (default: every pattern seeds one); n_positions / gridsize**2 "
+        "trains on as many patterns per epoch as gridsize 1",
+    )
     p.add_argument("--n_filters_scale", type=float, default=CPU_PRESET["n_filters_scale"])
     p.add_argument("--stem_stride", type=int, default=CPU_PRESET["stem_stride"])
     p.add_argument(

@@ -194,17 +194,24 @@ def test_wrong_gridsize_or_n_is_a_clear_error(work, trained):
     assert not (work / "N64" / "reconstruction.npz").exists()
 
 
-def test_gridsize2_end_to_end(work):
-    ok(run("--train_data_file", "D.npz", "--output_dir", "G2RUN", "--max_epochs", "2", "--gridsize", "2",
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--per_pattern", "--architecture", "backprop_unet"]],
+    ids=["channels", "per_pattern"],
+)
+def test_gridsize2_end_to_end(work, extra):
+    name = "G2" + "".join(f.strip("-")[:3].upper() for f in extra)
+    ok(run("--train_data_file", "D.npz", "--output_dir", f"{name}RUN", "--max_epochs", "2", "--gridsize", "2",
            "--batch_size", "8", "--accelerator", "cpu", "--disable_mlflow", "--stem_stride", "2",
-           "--n_filters_scale", "0.5", cwd=work, module="ptycho_torch.train"))  # fmt: skip
-    ok(run("--model_path", "G2RUN", "--test_data", "D.npz", "--output_dir", "G2OUT", "--accelerator", "cpu",
-           cwd=work, module="ptycho_torch.inference"))  # fmt: skip
+           "--n_filters_scale", "0.5", *extra, cwd=work, module="ptycho_torch.train"))  # fmt: skip
+    ok(run("--model_path", f"{name}RUN", "--test_data", "D.npz", "--output_dir", f"{name}OUT",
+           "--accelerator", "cpu", cwd=work, module="ptycho_torch.inference"))  # fmt: skip
     from ptychopinn.bundle import load_bundle
 
-    bundle = load_bundle(work / "G2RUN")
+    bundle = load_bundle(work / f"{name}RUN")
     assert bundle.config.model.gridsize == 2 and bundle.config.model.C == 4
-    with np.load(work / "G2OUT" / "reconstruction.npz") as rec:
+    assert bundle.config.model.per_pattern == bool(extra)
+    with np.load(work / f"{name}OUT" / "reconstruction.npz") as rec:
         assert np.all(np.isfinite(rec["object"]))
         assert rec["positions_px"].shape[0] == 256
 

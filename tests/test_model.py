@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,37 @@ def test_shapes_follow_the_config(n, gridsize, architecture):
     outside = torch.ones(n, n, dtype=torch.bool)
     outside[lo : lo + support, lo : lo + support] = False
     assert torch.all(amp[..., outside] == 0)
+
+
+@pytest.mark.parametrize("architecture", ["ptychopinn", "backprop_unet"])
+def test_per_pattern_network_predicts_each_pattern_on_its_own(architecture):
+    """With per_pattern a pattern's patch depends on that pattern only, not on its group."""
+    config = ModelConfig(
+        N=32,
+        gridsize=2,
+        n_filters_scale=0.125,
+        stem_stride=2,
+        architecture=architecture,
+        per_pattern=True,
+        norm_layer="group",
+    )
+    torch.manual_seed(0)
+    net = build_network(config).eval()
+    net.set_probe(normalize_probe(torch.randn(1, 32, 32, dtype=torch.complex64)))
+    x = torch.rand(2, 4, 32, 32)
+    other = x.clone()
+    other[:, 1:] = torch.rand(2, 3, 32, 32)  # same first pattern, other group members
+    with torch.no_grad():
+        amp, phase = net(x)
+        amp_other, phase_other = net(other)
+        amp_alone, phase_alone = net.single(x[:, :1])  # the shared single-pattern network
+    torch.testing.assert_close(amp[:, :1], amp_other[:, :1])
+    torch.testing.assert_close(phase[:, :1], phase_alone)
+    torch.testing.assert_close(amp[:, :1], amp_alone)
+    assert not torch.allclose(amp[:, 1:], amp_other[:, 1:])
+    # one set of single-pattern weights: as many parameters as at gridsize 1
+    single = build_network(dataclasses.replace(config, gridsize=1))
+    assert count_parameters(net) == count_parameters(single)
 
 
 def test_default_network_size():

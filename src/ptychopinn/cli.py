@@ -302,6 +302,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "(back-propagated estimate + real-space U-Net; the default on a CPU when no "
         "network size is given either)",
     )
+    _flag(
+        p,
+        "--per_pattern",
+        action="store_true",
+        default=None,
+        help="at gridsize > 1: one network per pattern (shared weights) instead of the group's "
+        "patterns as channels; the group still shares one object in the loss",
+    )
     _flag(p, "--amp_activation", choices=["softplus", "sigmoid", "exp", "relu"], default=None)
     _flag(
         p,

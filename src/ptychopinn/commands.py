@@ -87,6 +87,7 @@ _MODEL_FLAGS = (
     "n_filters_scale",
     "stem_stride",
     "architecture",
+    "per_pattern",
     "amp_activation",
     "probe_big",
     "probe_mask",

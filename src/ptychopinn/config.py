@@ -62,6 +62,11 @@ class ModelConfig:
         ``ptychopinn``: the encoder and two decoders of PtychoPINN. ``backprop_unet``: the
         measured amplitudes are propagated back to the sample with the probe's far-field
         phase, and a real-space U-Net maps that estimate to the object.
+    per_pattern : bool
+        At gridsize > 1, run the network on each pattern of a group separately (one set of
+        weights, a single-pattern network) instead of on the group's patterns as channels.
+        The group still shares one merged object in the loss (the overlap constraint), and
+        each pattern's patch no longer depends on which group it is predicted in.
     """
 
     N: int = 64
@@ -76,6 +81,7 @@ class ModelConfig:
     input_transform: InputTransform = "sqrt"
     norm_layer: NormLayer = "batch"
     architecture: Architecture = "ptychopinn"
+    per_pattern: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.N, int) or self.N < 32 or self.N > 256 or self.N & (self.N - 1):

@@ -6,12 +6,16 @@ network has ``forward(x, probe=None) -> (amplitude, phase)`` and ``set_probe(pro
 
 from __future__ import annotations
 
+import dataclasses
+
 from ptychopinn.config import ModelConfig
-from ptychopinn.models.base import ObjectNetwork
+from ptychopinn.models.base import ObjectNetwork, PerPatternNetwork
 
 
 def build_network(config: ModelConfig) -> ObjectNetwork:
     """The network of ``config`` (seeded by the caller's torch RNG state)."""
+    if config.per_pattern and config.C > 1:
+        return PerPatternNetwork(build_network(dataclasses.replace(config, gridsize=1)))
     if config.architecture == "backprop_unet":
         from ptychopinn.models.unet import BackpropUNet
 
