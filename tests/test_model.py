@@ -184,3 +184,34 @@ def test_training_reports_a_collapse_only_after_the_first_steps(tmp_path, caplog
                 config, scan, tmp_path / f"run{epochs}", progress=False, callbacks=[ConstantHead()]
             )
         assert ("training has collapsed" in caplog.text) is expected, caplog.text
+
+
+def test_per_pattern_bundle_reconstructs_each_pattern_once(tmp_path):
+    """A per-pattern gridsize-2 bundle reconstructs exactly as its single-pattern network does."""
+    from ptychopinn import workflows as pp
+    from ptychopinn.bundle import save_bundle
+    from ptychopinn.data.dataset import Normalization
+    from ptychopinn.data.simulate import simulate_scan
+
+    scan = simulate_scan(n=32, n_positions=36, object_kind="image", seed=0)
+    norm = Normalization.from_scan(scan)
+    grouped = ModelConfig(
+        N=32,
+        gridsize=2,
+        per_pattern=True,
+        architecture="backprop_unet",
+        n_filters_scale=0.25,
+        stem_stride=2,
+    )
+    single = dataclasses.replace(grouped, gridsize=1, per_pattern=False)
+    torch.manual_seed(0)
+    net = build_network(grouped)
+    alone = build_network(single)
+    alone.load_state_dict(net.single.state_dict())
+    probe = torch.from_numpy(scan.probe)
+    recs = []
+    for name, model, network in (("g2.zip", grouped, net), ("g1.zip", single, alone)):
+        path = save_bundle(tmp_path / name, Config(model=model), norm, network, probe)
+        recs.append(pp.reconstruct(pp.load_bundle(path), scan))
+    assert recs[0].metadata["n_patches"] == recs[1].metadata["n_patches"] == 36
+    np.testing.assert_allclose(recs[0].object, recs[1].object, atol=1e-5)

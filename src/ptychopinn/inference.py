@@ -201,7 +201,8 @@ def reconstruct(
     The normalisation fixed at training time is carried over (rescaled by the
     probe power when the scan's probe differs), so inference reproduces training.
     ``batch_size`` groups go through the network at a time (default
-    :data:`DEFAULT_BATCH` for the device).
+    :data:`DEFAULT_BATCH` for the device). A ``per_pattern`` network's patch does not depend
+    on its group, so its groups are single patterns (each pattern predicted once).
     With ``synchronize`` the arbitrary global phase of each predicted patch is
     aligned to its neighbours before stitching (see :func:`synchronize_phases`).
     ``precision`` is that of the network (see :func:`predict_patches`).
@@ -225,8 +226,10 @@ def reconstruct(
     if batch_size is None:
         batch_size = DEFAULT_BATCH.get(torch.device(device).type, DEFAULT_BATCH["cuda"])
     normalization = bundle.normalization.for_scan(scan)
+    # a per-pattern network's patch does not depend on the group: predict each pattern once
+    gridsize = 1 if m.per_pattern else m.gridsize
     groups = group_positions(
-        scan.positions_px, m.gridsize, n_groups, bundle.config.training.seed, scan.scan_index
+        scan.positions_px, gridsize, n_groups, bundle.config.training.seed, scan.scan_index
     )
     dataset = GroupDataset(scan, groups, normalization, cache=False)  # each pattern read once
     used = np.unique(groups.indices)
@@ -300,6 +303,7 @@ def reconstruct(
             "gridsize": m.gridsize,
             "n_groups": len(groups),
             "n_patterns": int(len(used)),
+            "n_patches": n_patterns,  # predicted: groups x patterns per group
             "stitch_weights": weights,
             "precision": precision,
             "output_variation": variation,
