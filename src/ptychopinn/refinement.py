@@ -252,7 +252,7 @@ def without_large_scale_phase(obj: np.ndarray, sigma_px: float) -> np.ndarray:
         return obj
     from scipy.ndimage import gaussian_filter
 
-    smooth = gaussian_filter(obj.real, sigma_px) + 1j * gaussian_filter(obj.imag, sigma_px)
+    smooth = gaussian_filter(obj, sigma_px)  # complex: real and imaginary parts alike
     return (obj * np.exp(-1j * np.angle(smooth))).astype(obj.dtype)
 
 
