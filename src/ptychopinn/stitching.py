@@ -17,6 +17,13 @@ from ptychopinn.physics.functional import SHIFT_MARGIN_PX, scatter_patches, shif
 
 #: Patches scattered onto the canvas per call of :meth:`Stitcher.add` in ``add_synchronized``.
 _ADD_BATCH = 1024
+#: Two patches are compared in :func:`synchronize_phases` when their weighted overlap is at
+#: least this fraction of a patch's own (sum of w(i) w(i - d) >= PAIR_FRACTION * sum of w**2).
+PAIR_FRACTION = 1e-2
+#: Pairs of patches whose overlaps are computed at once (small: the gather stays in cache).
+_PAIR_BATCH = 256
+#: Connected parts up to this many patches get a dense eigensolver in :func:`_spectral_phases`.
+_DENSE_EIGEN = 256
 #: A patch touches the canvas when the canvas weight under it is at least this fraction of
 #: its own (sum of w * canvas weight >= ANCHOR_FRACTION * sum of w**2).
 ANCHOR_FRACTION = 0.25
@@ -160,9 +167,9 @@ class Stitcher:
     def _anchored(self, positions_px: np.ndarray, size: int) -> np.ndarray:
         """(K,) bool: patches connected to the canvas through overlapping patches.
 
-        Patches overlap when their frames lie less than ``size / 2`` apart (as in the
-        spanning tree of :func:`synchronize_phases`); a patch touches the canvas when the
-        canvas weight under it is at least :data:`ANCHOR_FRACTION` of its own.
+        Patches count as connected when their frames lie less than ``size / 2`` apart (a
+        large overlap, which fixes their relative phase well); a patch touches the canvas
+        when the canvas weight under it is at least :data:`ANCHOR_FRACTION` of its own.
         """
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
@@ -317,85 +324,143 @@ def _integer_frames(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, Canva
     return start, geometry
 
 
-def _tree_phases(
-    patches: Tensor, start: np.ndarray, weights: Tensor, anchor: Tensor | None = None
-) -> Tensor:
-    """Initial phase offsets (K,) from a minimum spanning tree of neighbouring patches.
+def _overlapping_pairs(start: np.ndarray, weights: Tensor, min_fraction: float) -> np.ndarray:
+    """Pairs (E, 2) of patches, first index lower, whose weighted frames overlap.
 
-    Each patch is rotated to agree with its parent on their overlap; offsets are
-    accumulated from the root by pointer jumping (vectorised, log2(K) steps). Patches with
-    a non-zero ``anchor`` (K,) complex (their overlap with a fixed canvas) hang from a
-    virtual root, the canvas: they take the phase ``angle(anchor)`` and the tree grows from
-    them, so the patches agree with the canvas where they meet it.
+    A pair is kept when ``sum_i w(i) w(i - d)`` at the offset ``d`` between their frames is
+    at least ``min_fraction`` of ``sum_i w(i)**2``.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+    from scipy.signal import correlate
     from scipy.spatial import cKDTree
 
-    k, n = patches.shape[0], patches.shape[-1]
-    tree = cKDTree(start)
-    dist, nbr = tree.query(start, k=min(9, k))
-    rows = np.repeat(np.arange(k), dist.shape[1])
-    cols = nbr.reshape(-1)
-    d = dist.reshape(-1)
-    keep = (rows != cols) & (d < n / 2)
-    rows, cols, d = rows[keep], cols[keep], d[keep] + 1e-6
-    anchored = np.zeros(k, dtype=bool) if anchor is None else (anchor != 0).numpy()
-    if anchored.any():  # virtual node k = the canvas, joined by the shortest edges
-        linked = np.flatnonzero(anchored)
-        rows = np.concatenate([rows, linked])
-        cols = np.concatenate([cols, np.full(linked.size, k)])
-        d = np.concatenate([d, np.full(linked.size, 1e-9)])
-    graph = coo_matrix((d, (rows, cols)), shape=(k + 1, k + 1))
-    mst = minimum_spanning_tree(graph)
-    mst = mst + mst.T
-    parent = np.arange(k + 1)
-    unassigned = np.ones(k + 1, dtype=bool)
-    unassigned[k] = False
-    if anchored.any():
-        order, pred = breadth_first_order(mst, k, directed=False)
-        has_parent = pred[order] >= 0
-        parent[order[has_parent]] = pred[order][has_parent]
-        unassigned[order] = False
-    centre = start.mean(axis=0)
-    while unassigned.any():  # one pass per connected component of the scan
-        candidates = np.flatnonzero(unassigned)
-        root = candidates[np.argmin(np.linalg.norm(start[candidates] - centre, axis=1))]
-        order, pred = breadth_first_order(mst, root, directed=False)
-        has_parent = pred[order] >= 0
-        parent[order[has_parent]] = pred[order][has_parent]
-        unassigned[order] = False
-    root_phase = torch.zeros(k, dtype=torch.float64)
-    on_canvas = parent[:k] == k  # children of the virtual root become roots of their own
-    if anchor is not None:
-        root_phase[on_canvas] = torch.angle(anchor[on_canvas]).double()
-    parent = np.where(on_canvas, np.arange(k + 1)[:k], parent[:k])
-    # overlap of each patch with its parent, in the patch's own frame
-    d_px = torch.from_numpy(start - start[parent])  # (K, 2): parent frame = own frame + d
+    n = weights.shape[-1]
+    w = weights.double().numpy()
+    auto = correlate(w, w, mode="full", method="fft")  # (2n - 1, 2n - 1), centre: sum w**2
+    pairs = cKDTree(start).query_pairs(n - 1, p=np.inf, output_type="ndarray").reshape(-1, 2)
+    d = start[pairs[:, 1]] - start[pairs[:, 0]] + n - 1
+    return pairs[auto[d[:, 0], d[:, 1]] >= min_fraction * auto[n - 1, n - 1]]
+
+
+def _pair_overlaps(weighted: Tensor, start: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``C_ij = sum conj(w P_i) w P_j`` over the common pixels of each pair (E,) complex128.
+
+    Rotating patch i by ``a_i`` and j by ``a_j`` turns ``C_ij`` into
+    ``exp(1j * (a_j - a_i)) * C_ij``: the pair agrees when that is real and positive.
+    """
+    k, n = weighted.shape[0], weighted.shape[-1]
+    m = 3 * n  # patch j inside a frame of zeros: its overlap with i is one flat gather
     ar = torch.arange(n)
-    r_par = ar[None, :, None] + d_px[:, 0, None, None]  # (K, N, 1)
-    c_par = ar[None, None, :] + d_px[:, 1, None, None]  # (K, 1, N)
-    valid = (r_par >= 0) & (r_par < n) & (c_par >= 0) & (c_par < n)  # (K, N, N)
-    par_idx = torch.from_numpy(parent)[:, None, None]
-    other = patches[par_idx, r_par.clamp(0, n - 1), c_par.clamp(0, n - 1)]  # (K, N, N)
-    w_other = weights[r_par.clamp(0, n - 1), c_par.clamp(0, n - 1)]
-    overlap = (patches.conj() * other * weights * w_other * valid).sum(dim=(-2, -1))  # (K,)
-    relative = torch.where(torch.from_numpy(parent) == torch.arange(k), 0.0, torch.angle(overlap))
-    accumulated = relative.clone().double()
-    pointer = torch.from_numpy(parent)
-    for _ in range(int(np.ceil(np.log2(max(k, 2)))) + 1):
-        accumulated = accumulated + accumulated[pointer]
-        pointer = pointer[pointer]
-    if anchor is not None:
-        accumulated = accumulated + root_phase[pointer]
-    return accumulated.float()
+    frame = (ar[:, None] * m + ar[None, :]).reshape(-1)  # (n * n,)
+    conj = weighted.reshape(k, -1).conj().resolve_conj()  # a lazy conj would be redone per batch
+    padded = torch.zeros(_PAIR_BATCH, m, m, dtype=weighted.dtype)
+    out = np.empty(len(pairs), dtype=np.complex128)
+    for b in range(0, len(pairs), _PAIR_BATCH):
+        i, j = pairs[b : b + _PAIR_BATCH, 0], pairs[b : b + _PAIR_BATCH, 1]
+        e = len(i)
+        padded[:e, n : 2 * n, n : 2 * n] = weighted[torch.from_numpy(j)]
+        d = start[j] - start[i]  # pixel r of i's frame is pixel r - d of j's
+        first = torch.from_numpy(np.arange(e) * m * m + (n - d[:, 0]) * m + (n - d[:, 1]))
+        other = padded.reshape(-1)[first[:, None] + frame]  # (e, n * n)
+        out[b : b + e] = (conj[torch.from_numpy(i)] * other).sum(dim=-1).numpy()
+    return out
+
+
+def _spectral_phases(pairs: np.ndarray, overlap: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """Initial phase offsets (K,) from the leading eigenvector of the overlap matrix.
+
+    The phases that make every rotated overlap ``exp(1j * (a_j - a_i)) * C_ij`` real and
+    positive maximise ``z^H C z`` over unit ``z_i = exp(1j * a_i)``; relaxed to any ``z``
+    this is the leading eigenvector of the Hermitian matrix ``C`` (degree-normalised), a
+    start that weighs all pairs at once and so does not depend on a path through the scan
+    (angular synchronisation, Singer 2011). The fixed canvas joins as one more node with
+    overlaps ``anchor`` (K,) complex; its phase is the reference. Each connected part is
+    solved on its own.
+    """
+    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import eigsh
+
+    k = anchor.shape[0]
+    linked = np.flatnonzero(anchor != 0)
+    rows = np.concatenate([pairs[:, 0], linked])
+    cols = np.concatenate([pairs[:, 1], np.full(linked.size, k)])
+    values = np.concatenate([overlap, anchor[linked]])
+    size = k + 1  # node k: the canvas
+    matrix = coo_matrix(
+        (
+            np.concatenate([values, values.conj()]),
+            (np.concatenate([rows, cols]), np.concatenate([cols, rows])),
+        ),
+        shape=(size, size),
+    ).tocsr()
+    degree = np.asarray(abs(matrix).sum(axis=1)).ravel()
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-300))
+    normalised = (diags(scale) @ matrix @ diags(scale)).tocsr()
+    _, labels = connected_components(abs(matrix), directed=False)
+    phase = np.zeros(size)
+    for label in np.unique(labels):
+        nodes = np.flatnonzero(labels == label)
+        if nodes.size < 2:
+            continue
+        part = normalised[nodes][:, nodes]
+        if nodes.size <= _DENSE_EIGEN:
+            vector = np.linalg.eigh(part.toarray())[1][:, -1]
+        else:  # a fixed start vector keeps the result reproducible
+            start = np.ones(nodes.size, dtype=complex)
+            vector = eigsh(part, k=1, which="LA", v0=start, tol=1e-6)[1][:, 0]
+        phase[nodes] = np.angle(vector * scale[nodes])
+        if nodes[-1] == k:  # the canvas sets the reference
+            phase[nodes] -= phase[k]
+    return phase[:k]
+
+
+def _least_squares_phases(
+    pairs: np.ndarray,
+    overlap: np.ndarray,
+    anchor: np.ndarray,
+    phase: np.ndarray,
+    n_iter: int,
+    tol_rad: float,
+) -> np.ndarray:
+    """Gauss-Newton steps from ``phase`` (K,) on the least squares of :func:`synchronize_phases`.
+
+    The normal matrix, a graph Laplacian weighted by ``|C_ij|`` plus ``|A_i|`` on the
+    diagonal, does not change between steps: it is factorised once.
+    """
+    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse.linalg import factorized
+
+    k = phase.shape[0]
+    i, j = pairs[:, 0], pairs[:, 1]
+    strength, anchor_strength = np.abs(overlap), np.abs(anchor)
+    diagonal = (
+        np.bincount(i, strength, minlength=k)
+        + np.bincount(j, strength, minlength=k)
+        + anchor_strength
+    )
+    off_diagonal = coo_matrix(
+        (np.concatenate([-strength, -strength]), (np.concatenate([i, j]), np.concatenate([j, i]))),
+        shape=(k, k),
+    )
+    # a tiny diagonal fixes the common phase of parts that nothing anchors
+    gauge = 1e-9 * max(float(diagonal.max(initial=0.0)), 1e-30)
+    solve = factorized((off_diagonal + diags(diagonal + gauge)).tocsc())
+    for _ in range(n_iter):
+        mismatch = strength * np.angle(np.exp(1j * (phase[j] - phase[i])) * overlap)  # (E,)
+        pull = anchor_strength * np.angle(np.exp(-1j * phase) * anchor)  # (K,)
+        rhs = np.bincount(i, mismatch, minlength=k) - np.bincount(j, mismatch, minlength=k) + pull
+        step = solve(rhs)
+        phase = phase + step
+        if float(np.abs(step).max(initial=0.0)) < tol_rad:
+            break
+    return phase
 
 
 def synchronize_phases(
     patches: Tensor,
     positions_px: np.ndarray,
     weights: Tensor,
-    n_iter: int = 20,
+    n_iter: int = 10,
     tol_rad: float = 1e-4,
     background: Tensor | None = None,
 ) -> Tensor:
@@ -404,17 +469,29 @@ def synchronize_phases(
     The far-field amplitude of a single pattern does not see a constant phase
     factor on its object patch, so a network's patches carry one arbitrary phase
     each; averaging them unsynchronised destroys the low spatial frequencies of
-    the phase. Offsets are initialised along a spanning tree of neighbouring
-    patches and polished by ``n_iter`` rounds of aligning each patch to the
-    weighted sum of the others (integer-pixel overlaps suffice for the offsets), stopping
-    early once no offset changes by more than ``tol_rad``.
+    the phase. The offsets ``a`` minimise the weighted least-squares mismatch over every
+    pair of overlapping patches (integer-pixel overlaps suffice for the offsets),
+
+        sum_ij |C_ij| (a_j - a_i + angle C_ij)**2,   C_ij = sum conj(w P_i) w P_j,
+
+    solved exactly (one sparse factorisation) and relinearised for up to ``n_iter``
+    Gauss-Newton steps, stopping once no offset changes by more than ``tol_rad``. They start
+    from the leading eigenvector of the overlap matrix (:func:`_spectral_phases`), which
+    weighs all pairs at once, so the least squares start near their global optimum rather
+    than in a local one that a path through the scan can leave. Each patch is compared with
+    every patch its weights overlap (:data:`PAIR_FRACTION`), not only its nearest
+    neighbours: the errors of a network's patches (wrong local phase gradients, curvature)
+    then average out instead of accumulating into a large-scale phase error, as they do
+    along a chain of neighbours or with a few rounds of aligning each patch to the others
+    (an iteration that needs about as many rounds as the scan is patches wide, squared, to
+    settle the largest scales). Only the part of the window where ``weights`` are non-zero
+    is compared.
 
     ``background`` holds, for each patch, the weighted sum of patches stitched before (see
-    :meth:`Stitcher.weighted_sum_at`), which stays fixed. The spanning tree then grows from
-    the canvas: a patch the canvas covers with at least :data:`ANCHOR_FRACTION` of its own
-    weight takes the phase that agrees with the canvas, its neighbours follow it (one common
-    phase when no patch is covered that well), and the rounds align each patch to the others
-    plus the background. This lets a scan be synchronised chunk by chunk.
+    :meth:`Stitcher.weighted_sum_at`), which stays fixed: each patch's overlap ``A_i`` with
+    it adds ``|A_i| (a_i - angle A_i)**2``, and the canvas is one more node of the
+    eigenvector's overlap matrix, with its phase as the reference. This lets a scan be
+    synchronised chunk by chunk.
 
     Shapes
     ------
@@ -430,41 +507,24 @@ def synchronize_phases(
     original = patches.to(torch.complex64)
     weights = weights.to(torch.float32)
     positions_px = np.asarray(positions_px, dtype=np.float64)
-    start, geometry = _integer_frames(positions_px, n)
+    start, _ = _integer_frames(positions_px, n)
     # resample each patch onto the integer grid of its window so overlaps compare like with like
     residual = torch.from_numpy(positions_px - np.round(positions_px)).to(torch.float32)
     patches = shift(original, residual) if bool(torch.any(residual != 0)) else original
-    weighted = patches * weights  # (K, N, N)
-    anchor = None
+    # only where the weights are non-zero do patches meet (the support within the window)
+    rows, cols = (torch.nonzero(weights.sum(dim=axis) > 0).ravel() for axis in (1, 0))
+    inside = (slice(None), slice(None))
+    if rows.numel():
+        inside = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    weights = weights[inside]
+    weighted = patches[(..., *inside)] * weights  # (K, n, n), n <= N
+    anchor = np.zeros(k, dtype=np.complex128)  # overlap of each patch with the fixed canvas
     if background is not None:
-        background = background.to(device=patches.device, dtype=torch.complex64)
-        # patches the canvas covers with a fair share of a patch's weight anchor the tree
-        anchor = (weighted.conj() * background).sum(dim=(-2, -1))  # (K,)
-        own = weighted.abs().square().sum(dim=(-2, -1))
-        anchor = torch.where(anchor.abs() >= ANCHOR_FRACTION * own, anchor, 0)
-    phase = _tree_phases(patches, start, weights, anchor) if k > 1 else torch.zeros(k)
-    if anchor is not None and k == 1:
-        phase = torch.angle(anchor).float()
-    if background is not None and anchor is not None and not bool(torch.any(anchor != 0)):
-        rot = torch.polar(torch.ones_like(phase), phase)[:, None, None]
-        phase = phase + torch.angle(((weighted * rot).conj() * background).sum())
-    h, w = geometry.shape
-    ar = torch.arange(n)
-    st = torch.from_numpy(start)
-    flat = ((st[:, 0, None, None] + ar[:, None]) * w + st[:, 1, None, None] + ar[None, :]).reshape(
-        -1
-    )
-    for _ in range(n_iter):
-        rot = torch.polar(torch.ones_like(phase), phase)[:, None, None]
-        canvas = torch.zeros(h * w, dtype=torch.complex64).index_add(
-            0, flat, (weighted * rot).reshape(-1)
-        )
-        others = canvas[flat].reshape(k, n, n) - weighted * rot
-        if background is not None:
-            others = others + background
-        new = torch.angle((weighted.conj() * others).sum(dim=(-2, -1)))
-        change = torch.angle(torch.polar(torch.ones_like(new), new - phase)).abs().max()
-        phase = new
-        if float(change) < tol_rad:
-            break
-    return original * torch.polar(torch.ones_like(phase), phase)[:, None, None]
+        background = background.to(device=patches.device, dtype=torch.complex64)[(..., *inside)]
+        anchor = (weighted.conj() * background).sum(dim=(-2, -1)).to(torch.complex128).numpy()
+    pairs = _overlapping_pairs(start, weights, PAIR_FRACTION)
+    overlap = _pair_overlaps(weighted, start, pairs)
+    phase = _spectral_phases(pairs, overlap, anchor)
+    phase = _least_squares_phases(pairs, overlap, anchor, phase, n_iter, tol_rad)
+    rotation = torch.from_numpy(np.exp(1j * phase)).to(torch.complex64)
+    return original * rotation[:, None, None]
