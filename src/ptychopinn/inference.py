@@ -139,12 +139,17 @@ def save_image(path: Path, image: np.ndarray, cmap: str, mask: np.ndarray | None
 
 
 def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Tensor:
-    """Per-pixel patch weight (N, N): the object support, or probe intensity on it."""
+    """Per-pixel patch weight (N, N): the object support, or probe intensity on it.
+
+    A bundle without a probe (all zeros: a module built without one) is weighted by its
+    support.
+    """
     m = bundle.config.model
     support = square_support(m.N, m.support_px) if not m.probe_big else torch.ones(m.N, m.N)
     if kind == "probe":
         intensity = bundle.probe.abs().square().sum(0).cpu()
-        return support * intensity / intensity.max()
+        if float(intensity.max()) > 0:
+            return support * intensity / intensity.max()
     return support
 
 
