@@ -318,12 +318,6 @@ def hilbert_order(points_px: np.ndarray, cell_px: float | None = None) -> np.nda
     return np.argsort(d, kind="stable").astype(np.int64)
 
 
-def _integer_frames(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, CanvasGeometry]:
-    geometry = CanvasGeometry.covering(positions_px, n)
-    start = np.round(positions_px).astype(np.int64) - n // 2 - np.asarray(geometry.origin_px)
-    return start, geometry
-
-
 def _overlapping_pairs(start: np.ndarray, weights: Tensor, min_fraction: float) -> np.ndarray:
     """Pairs (E, 2) of patches, first index lower, whose weighted frames overlap.
 
@@ -501,13 +495,13 @@ def synchronize_phases(
     background : (K, N, N) complex, optional
     returns (K, N, N) complex, each patch times a unit phase factor
     """
-    k, n = patches.shape[0], patches.shape[-1]
+    k = patches.shape[0]
     if k == 0 or (k < 2 and background is None):
         return patches
     original = patches.to(torch.complex64)
     weights = weights.to(torch.float32)
     positions_px = np.asarray(positions_px, dtype=np.float64)
-    start, _ = _integer_frames(positions_px, n)
+    start = np.round(positions_px).astype(np.int64)  # (K, 2): the integer frame of each patch
     # resample each patch onto the integer grid of its window so overlaps compare like with like
     residual = torch.from_numpy(positions_px - np.round(positions_px)).to(torch.float32)
     patches = shift(original, residual) if bool(torch.any(residual != 0)) else original
