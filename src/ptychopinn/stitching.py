@@ -359,34 +359,35 @@ def _pair_overlaps(weighted: Tensor, start: np.ndarray, pairs: np.ndarray) -> np
     return out
 
 
-def _spectral_phases(pairs: np.ndarray, overlap: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-    """Initial phase offsets (K,) from the leading eigenvector of the overlap matrix.
+def _symmetric(pairs: np.ndarray, values: np.ndarray, size: int) -> Any:
+    """Sparse (size, size) CSR matrix with ``values`` at ``pairs`` and their conjugates mirrored."""
+    from scipy.sparse import coo_matrix
+
+    rows, cols = pairs[:, 0], pairs[:, 1]
+    return coo_matrix(
+        (
+            np.concatenate([values, np.conj(values)]),
+            (np.concatenate([rows, cols]), np.concatenate([cols, rows])),
+        ),
+        shape=(size, size),
+    ).tocsr()
+
+
+def _spectral_phases(pairs: np.ndarray, overlap: np.ndarray, size: int) -> np.ndarray:
+    """Initial phase offsets (size,) from the leading eigenvector of the overlap matrix.
 
     The phases that make every rotated overlap ``exp(1j * (a_j - a_i)) * C_ij`` real and
     positive maximise ``z^H C z`` over unit ``z_i = exp(1j * a_i)``; relaxed to any ``z``
     this is the leading eigenvector of the Hermitian matrix ``C`` (degree-normalised), a
     start that weighs all pairs at once and so does not depend on a path through the scan
-    (angular synchronisation, Singer 2011). The fixed canvas joins as one more node with
-    overlaps ``anchor`` (K,) complex; its phase is the reference. Each connected part is
-    solved on its own.
+    (angular synchronisation, Singer 2011). Each connected part is solved on its own; the
+    last node (the fixed canvas) is the reference of its part.
     """
-    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse import diags
     from scipy.sparse.csgraph import connected_components
     from scipy.sparse.linalg import eigsh
 
-    k = anchor.shape[0]
-    linked = np.flatnonzero(anchor != 0)
-    rows = np.concatenate([pairs[:, 0], linked])
-    cols = np.concatenate([pairs[:, 1], np.full(linked.size, k)])
-    values = np.concatenate([overlap, anchor[linked]])
-    size = k + 1  # node k: the canvas
-    matrix = coo_matrix(
-        (
-            np.concatenate([values, values.conj()]),
-            (np.concatenate([rows, cols]), np.concatenate([cols, rows])),
-        ),
-        shape=(size, size),
-    ).tocsr()
+    matrix = _symmetric(pairs, overlap, size)
     degree = np.asarray(abs(matrix).sum(axis=1)).ravel()
     scale = 1.0 / np.sqrt(np.maximum(degree, 1e-300))
     normalised = (diags(scale) @ matrix @ diags(scale)).tocsr()
@@ -403,48 +404,35 @@ def _spectral_phases(pairs: np.ndarray, overlap: np.ndarray, anchor: np.ndarray)
             start = np.ones(nodes.size, dtype=complex)
             vector = eigsh(part, k=1, which="LA", v0=start, tol=1e-6)[1][:, 0]
         phase[nodes] = np.angle(vector * scale[nodes])
-        if nodes[-1] == k:  # the canvas sets the reference
-            phase[nodes] -= phase[k]
-    return phase[:k]
+        phase[nodes] -= phase[nodes[-1]]  # the canvas, where the part reaches it
+    return phase
 
 
 def _least_squares_phases(
-    pairs: np.ndarray,
-    overlap: np.ndarray,
-    anchor: np.ndarray,
-    phase: np.ndarray,
-    n_iter: int,
-    tol_rad: float,
+    pairs: np.ndarray, overlap: np.ndarray, phase: np.ndarray, n_iter: int, tol_rad: float
 ) -> np.ndarray:
-    """Gauss-Newton steps from ``phase`` (K,) on the least squares of :func:`synchronize_phases`.
+    """Gauss-Newton steps from ``phase`` on the least squares of :func:`synchronize_phases`.
 
-    The normal matrix, a graph Laplacian weighted by ``|C_ij|`` plus ``|A_i|`` on the
-    diagonal, does not change between steps: it is factorised once.
+    The last node (the fixed canvas) keeps its phase. The normal matrix, a graph Laplacian
+    weighted by ``|C_ij|``, does not change between steps: it is factorised once.
     """
-    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse import diags
     from scipy.sparse.linalg import factorized
 
-    k = phase.shape[0]
+    size = phase.shape[0]
     i, j = pairs[:, 0], pairs[:, 1]
-    strength, anchor_strength = np.abs(overlap), np.abs(anchor)
-    diagonal = (
-        np.bincount(i, strength, minlength=k)
-        + np.bincount(j, strength, minlength=k)
-        + anchor_strength
-    )
-    off_diagonal = coo_matrix(
-        (np.concatenate([-strength, -strength]), (np.concatenate([i, j]), np.concatenate([j, i]))),
-        shape=(k, k),
-    )
-    # a tiny diagonal fixes the common phase of parts that nothing anchors
-    gauge = 1e-9 * max(float(diagonal.max(initial=0.0)), 1e-30)
-    solve = factorized((off_diagonal + diags(diagonal + gauge)).tocsc())
+    strength = np.abs(overlap)
+    degree = np.bincount(i, strength, minlength=size) + np.bincount(j, strength, minlength=size)
+    laplacian = (diags(degree) - _symmetric(pairs, strength, size))[:-1, :-1]
+    # a tiny diagonal fixes the common phase of parts that the canvas does not reach
+    gauge = 1e-9 * max(float(degree.max(initial=0.0)), 1e-30)
+    solve = factorized((laplacian + diags(np.full(size - 1, gauge))).tocsc())
+    phase = phase.copy()
     for _ in range(n_iter):
         mismatch = strength * np.angle(np.exp(1j * (phase[j] - phase[i])) * overlap)  # (E,)
-        pull = anchor_strength * np.angle(np.exp(-1j * phase) * anchor)  # (K,)
-        rhs = np.bincount(i, mismatch, minlength=k) - np.bincount(j, mismatch, minlength=k) + pull
-        step = solve(rhs)
-        phase = phase + step
+        rhs = np.bincount(i, mismatch, minlength=size) - np.bincount(j, mismatch, minlength=size)
+        step = solve(rhs[:-1])
+        phase[:-1] += step
         if float(np.abs(step).max(initial=0.0)) < tol_rad:
             break
     return phase
@@ -482,9 +470,8 @@ def synchronize_phases(
     is compared.
 
     ``background`` holds, for each patch, the weighted sum of patches stitched before (see
-    :meth:`Stitcher.weighted_sum_at`), which stays fixed: each patch's overlap ``A_i`` with
-    it adds ``|A_i| (a_i - angle A_i)**2``, and the canvas is one more node of the
-    eigenvector's overlap matrix, with its phase as the reference. This lets a scan be
+    :meth:`Stitcher.weighted_sum_at`), which stays fixed: the canvas is one more node of the
+    pairs, with phase 0 and each patch's overlap with it as ``C``. This lets a scan be
     synchronised chunk by chunk.
 
     Shapes
@@ -512,13 +499,15 @@ def synchronize_phases(
         inside = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     weights = weights[inside]
     weighted = patches[(..., *inside)] * weights  # (K, n, n), n <= N
-    anchor = np.zeros(k, dtype=np.complex128)  # overlap of each patch with the fixed canvas
-    if background is not None:
-        background = background.to(device=patches.device, dtype=torch.complex64)[(..., *inside)]
-        anchor = (weighted.conj() * background).sum(dim=(-2, -1)).to(torch.complex128).numpy()
     pairs = _overlapping_pairs(start, weights, PAIR_FRACTION)
     overlap = _pair_overlaps(weighted, start, pairs)
-    phase = _spectral_phases(pairs, overlap, anchor)
-    phase = _least_squares_phases(pairs, overlap, anchor, phase, n_iter, tol_rad)
+    if background is not None:  # the canvas is node k: C_ik, the overlap of patch i with it
+        background = background.to(device=patches.device, dtype=torch.complex64)[(..., *inside)]
+        anchor = (weighted.conj() * background).sum(dim=(-2, -1)).to(torch.complex128).numpy()
+        linked = np.flatnonzero(anchor != 0)
+        pairs = np.concatenate([pairs, np.stack([linked, np.full(linked.size, k)], axis=1)])
+        overlap = np.concatenate([overlap, anchor[linked]])
+    phase = _spectral_phases(pairs, overlap, k + 1)
+    phase = _least_squares_phases(pairs, overlap, phase, n_iter, tol_rad)[:k]
     rotation = torch.from_numpy(np.exp(1j * phase)).to(torch.complex64)
     return original * rotation[:, None, None]
