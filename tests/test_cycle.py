@@ -214,6 +214,16 @@ def test_gridsize2_end_to_end(work, extra):
     with np.load(work / f"{name}OUT" / "reconstruction.npz") as rec:
         assert np.all(np.isfinite(rec["object"]))
         assert rec["positions_px"].shape[0] == 256
+        meta = json.loads(str(rec["metadata"]))
+    # --phase_sync auto: a model trained on groups is stitched both ways, the likelier kept
+    nll = meta["phase_nll"]
+    assert set(nll) == {"network", "synchronised"}
+    assert meta["phases"] == min(nll, key=nll.__getitem__)
+    ok(run("infer", "--model_path", f"{name}RUN", "--test_data", "D.npz", "--output_dir",
+           f"{name}ON", "--phase_sync", "on", cwd=work))  # fmt: skip
+    with np.load(work / f"{name}ON" / "reconstruction.npz") as rec:
+        meta = json.loads(str(rec["metadata"]))
+    assert meta["phases"] == "synchronised" and meta["phase_nll"] is None
 
 
 @pytest.fixture(scope="module")

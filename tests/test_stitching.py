@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptychopinn.models.base import ObjectNetwork
 from ptychopinn.physics.functional import extract_patches, square_support
 from ptychopinn.stitching import CanvasGeometry, stitch, synchronize_phases
 
@@ -118,3 +119,66 @@ def test_synchronisation_does_not_accumulate_per_patch_errors(seed: int) -> None
     weights = square_support(16, 12)
     fixed = synchronize_phases(patches * torch.polar(torch.ones_like(error), error), pos, weights)
     assert _stitched_phase_error(fixed, pos, weights, obj) < 0.2
+
+
+class _PatchLookup(ObjectNetwork):
+    """Test double for a trained network: returns the stored patch of the pattern it is given."""
+
+    def __init__(self, amplitudes: torch.Tensor, patches: torch.Tensor):
+        super().__init__()
+        self.register_buffer("amplitudes", amplitudes.reshape(len(amplitudes), -1))
+        self.register_buffer("patches", patches)
+
+    def forward(self, x: torch.Tensor, probe: torch.Tensor | None = None):
+        b, c, n, _ = x.shape
+        match = torch.cdist(x.reshape(b * c, -1), self.amplitudes).argmin(dim=1)
+        p = self.patches[match].reshape(b, c, n, n)
+        return p.abs(), p.angle()
+
+
+@pytest.mark.parametrize("error", ["gradients", "offsets"])
+def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
+    """A model trained on groups predicts phases its neighbours agree with; synchronising its
+    patches then adds up their gradient errors, while arbitrary offsets (a gridsize-1 model)
+    need it. ``synchronize="auto"`` stitches both ways and keeps the one under which the
+    measured patterns are more likely: here, always the one closer to the truth."""
+    from ptychopinn import workflows as pp
+    from ptychopinn.bundle import Bundle
+    from ptychopinn.config import Config, ModelConfig
+    from ptychopinn.data.dataset import Normalization
+    from ptychopinn.data.simulate import simulate_scan
+    from ptychopinn.inference import reconstruct
+
+    n = 32
+    scan = simulate_scan(n=n, n_positions=400, object_kind="grf", seed=3)
+    norm = Normalization.from_scan(scan)
+    truth = torch.from_numpy(scan.patches).to(torch.complex64)  # (K, N, N)
+    rng = np.random.default_rng(0)
+    k = len(truth)
+    ar = torch.arange(n) - (n - 1) / 2
+    slope = torch.from_numpy(rng.normal(0.0, 0.04, (k, 2))).float()  # rad / px
+    if error == "gradients":  # the absolute phase kept (to 0.05 rad), wrong local gradients
+        offset = torch.from_numpy(rng.normal(0.0, 0.05, k)).float()
+    else:  # each patch with an arbitrary phase, gradients nearly right
+        offset = torch.from_numpy(rng.uniform(-np.pi, np.pi, k)).float()
+        slope = slope / 10
+    phase = slope[:, 0, None, None] * ar[:, None] + slope[:, 1, None, None] * ar
+    patches = truth * torch.polar(torch.ones(k, n, n), phase + offset[:, None, None])
+    amplitudes = torch.from_numpy(scan.amplitudes() * norm.amplitude_factor)
+    config = Config(model=ModelConfig(N=n, gridsize=2, per_pattern=True))
+    probe = torch.from_numpy(scan.probe * norm.amplitude_factor).to(torch.complex64)
+    probe = probe.reshape(-1, n, n)  # (P, N, N)
+    bundle = Bundle(config, norm, _PatchLookup(amplitudes, patches), probe, manifest={})
+
+    ssim, chosen = {}, {}
+    for mode in ("auto", "on", "off"):
+        rec = reconstruct(bundle, scan, synchronize=mode)
+        ssim[mode] = pp.evaluate_reconstruction(rec, scan.object).metrics.phase_ssim
+        chosen[mode] = rec.metadata["phases"]
+    better = "off" if error == "gradients" else "on"
+    worse = "on" if better == "off" else "off"
+    assert chosen["auto"] == chosen[better] == ("network" if better == "off" else "synchronised")
+    assert ssim["auto"] == ssim[better] > ssim[worse] + 0.05, ssim
+    # chunk by chunk (the patterns read again, 128 at a time, for the likelihood): same choice
+    rec = reconstruct(bundle, scan, synchronize="auto", chunk_patterns=128)
+    assert rec.metadata["phases"] == chosen["auto"] and rec.metadata["n_chunks"] > 1

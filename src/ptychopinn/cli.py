@@ -402,6 +402,15 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     )
     _flag(
         p,
+        "--phase_sync",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="align each patch's phase to its neighbours before stitching: on, off, or auto "
+        "(on for a gridsize-1 model; for a model trained on groups, whichever stitching the "
+        "measured patterns are more likely under) (auto)",
+    )
+    _flag(
+        p,
         "--precision",
         choices=["32", "bf16"],
         default="32",

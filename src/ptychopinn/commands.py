@@ -249,6 +249,7 @@ def run_infer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         weights=args.stitch_weights,
+        synchronize=args.phase_sync,
         precision=args.precision,
     )
     network_metrics = None

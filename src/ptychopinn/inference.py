@@ -13,20 +13,27 @@ import numpy as np
 import torch
 
 from ptychopinn.bundle import Bundle
-from ptychopinn.data.dataset import GroupDataset
+from ptychopinn.data.dataset import GroupDataset, Normalization
 from ptychopinn.data.grouping import group_positions
 from ptychopinn.errors import ConfigError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
-from ptychopinn.physics.functional import SHIFT_MARGIN_PX, square_support
+from ptychopinn.physics.functional import (
+    SHIFT_MARGIN_PX,
+    extract_patches,
+    far_field_amplitude,
+    poisson_nll,
+    square_support,
+)
 from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
 logger = logging.getLogger(__name__)
 
 StitchWeights = Literal["support", "probe"]
 Precision = Literal["32", "bf16"]
+PhaseSync = Literal["auto", "on", "off"]
 
 #: Groups per forward pass when none is given: small batches keep a CPU's activations in
 #: cache (at N = 64, 32 groups run about twice as fast per pattern as 256); a GPU wants many.
@@ -190,6 +197,46 @@ def predict_patches(
     return torch.polar(amp.float().contiguous(), phase.float().contiguous())
 
 
+def pattern_nll(
+    objects: list[torch.Tensor],
+    geometry: CanvasGeometry,
+    scan: ScanData,
+    indices: np.ndarray,
+    probe: torch.Tensor,
+    normalization: Normalization,
+    device: torch.device | str = "cpu",
+    chunk: int = DEFAULT_CHUNK_PATTERNS,
+) -> list[float]:
+    """Mean Poisson negative log-likelihood of the patterns ``indices`` under each object.
+
+    The training loss (:func:`~ptychopinn.physics.functional.poisson_nll`, up to the
+    data-only constant) of the patterns the objects predict through ``probe``; lower is
+    better. The patterns are read ``chunk`` at a time.
+
+    Shapes
+    ------
+    objects : each (H, W) complex on ``geometry``
+    indices : (K,) pattern indices into ``scan``
+    probe : (P, N, N) complex probe in the normalised units of ``normalization``
+    """
+    n = scan.N
+    probe = probe.to(device=device, dtype=torch.complex64)
+    stack = torch.stack([obj.to(device=device, dtype=torch.complex64) for obj in objects])
+    origin = np.asarray(geometry.origin_px, dtype=np.float64)
+    total = np.zeros(len(objects))
+    for start in range(0, len(indices), chunk):
+        index = indices[start : start + chunk]
+        measured = scan.amplitudes(index) * normalization.amplitude_factor
+        measured_t = torch.from_numpy(measured).to(device)
+        pos = torch.from_numpy(scan.positions_px[index] - origin).to(device)
+        for i in range(len(objects)):
+            patches = extract_patches(stack[i : i + 1], pos[None], n)[0]  # (K, N, N)
+            predicted = far_field_amplitude(probe, patches)
+            nll = poisson_nll(predicted, measured_t, normalization.intensity_scale)
+            total[i] += float(nll) * len(index)
+    return list(total / max(len(indices), 1))
+
+
 def reconstruct(
     bundle: Bundle,
     scan: ScanData,
@@ -197,7 +244,7 @@ def reconstruct(
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     weights: StitchWeights = "probe",
-    synchronize: bool = True,
+    synchronize: PhaseSync = "auto",
     chunk_patterns: int = DEFAULT_CHUNK_PATTERNS,
     precision: Precision = "32",
 ) -> Reconstruction:
@@ -208,8 +255,17 @@ def reconstruct(
     ``batch_size`` groups go through the network at a time (default
     :data:`DEFAULT_BATCH` for the device). A ``per_pattern`` network's patch does not depend
     on its group, so its groups are single patterns (each pattern predicted once).
-    With ``synchronize`` the arbitrary global phase of each predicted patch is
-    aligned to its neighbours before stitching (see :func:`synchronize_phases`).
+
+    ``synchronize="on"`` aligns the phase of each predicted patch to its neighbours before
+    stitching (see :func:`synchronize_phases`); ``"off"`` stitches the network's phases as
+    they are. A model trained at gridsize 1 sees one pattern at a time, so each of its
+    patches carries an arbitrary constant phase: ``"auto"`` synchronises them. A model
+    trained at gridsize > 1 was trained to agree with its neighbours on the phase itself;
+    synchronising its patches can only add up their local phase-gradient errors over the
+    scan, while its own phases are off by a small error of each patch that stitching
+    averages. Which is better depends on the model and the object, so ``"auto"`` stitches
+    both ways and keeps the one under which the measured patterns are more likely
+    (Poisson likelihood with the bundle's probe; one more pass over the patterns).
     ``precision`` is that of the network (see :func:`predict_patches`).
 
     Memory is flat in the number of patterns apart from the positions and the canvas:
@@ -242,7 +298,14 @@ def reconstruct(
     weight = stitch_weights(bundle, weights)
     window = support_window(bundle)
     weight = weight[window, window]
-    stitcher = Stitcher(geometry, weight, device=device)
+    if synchronize not in ("auto", "on", "off"):
+        raise ConfigError(f"synchronize: expected 'auto', 'on' or 'off', got {synchronize!r}")
+    sync = synchronize if synchronize != "auto" else "on" if m.gridsize == 1 else "both"
+    stitchers = {
+        name: Stitcher(geometry, weight, device=device)
+        for name, wanted in (("synchronised", sync != "off"), ("network", sync in ("off", "both")))
+        if wanted
+    }
     n_patterns = int(groups.indices.size)
     per_group = int(groups.indices.shape[1])
     chunked = n_patterns > chunk_patterns
@@ -269,16 +332,34 @@ def reconstruct(
             if variation is None:  # collapse check on the first chunk (up to chunk_patterns)
                 variation = float(output_variation(patches, weight))
             positions = scan.positions_px[groups.indices[rows].reshape(-1)]  # (B*C, 2)
-            if synchronize:
-                stitcher.add_synchronized(patches, positions, hold_unanchored=chunked)
-            else:
+            if "synchronised" in stitchers:
+                stitchers["synchronised"].add_synchronized(
+                    patches, positions, hold_unanchored=chunked
+                )
+            if "network" in stitchers:
                 for start in range(0, patches.shape[0], _STITCH_BATCH):
-                    stitcher.add(
+                    stitchers["network"].add(
                         patches[start : start + _STITCH_BATCH].to(device),
                         torch.from_numpy(positions[start : start + _STITCH_BATCH]),
                     )
             n_chunks += 1
-        obj, coverage = stitcher.result()
+        stitched = {name: stitcher.result() for name, stitcher in stitchers.items()}
+        nll = {}
+        if len(stitched) > 1:
+            objects = [obj for obj, _ in stitched.values()]
+            values = pattern_nll(
+                objects, geometry, scan, used, bundle.probe, normalization, device, chunk_patterns
+            )
+            nll = dict(zip(stitched, values, strict=True))
+        chosen = min(nll, key=nll.__getitem__) if nll else next(iter(stitched))
+        if nll:
+            logger.info(
+                "phases: the %s (Poisson NLL per pattern lower by %.4g than the %s)",
+                "synchronised ones" if chosen == "synchronised" else "network's own",
+                abs(nll["network"] - nll["synchronised"]),
+                "network's own" if chosen == "synchronised" else "synchronised ones",
+            )
+        obj, coverage = stitched[chosen]
     elapsed = time.perf_counter() - t0
     collapsed = variation is not None and variation < COLLAPSE_THRESHOLD
     if collapsed:
@@ -310,6 +391,8 @@ def reconstruct(
             "n_patterns": int(len(used)),
             "n_patches": n_patterns,  # predicted: groups x patterns per group
             "stitch_weights": weights,
+            "phases": chosen,
+            "phase_nll": nll or None,
             "precision": precision,
             "output_variation": variation,
             "collapsed": collapsed,
