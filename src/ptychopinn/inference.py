@@ -234,7 +234,18 @@ def pattern_nll(
             predicted = far_field_amplitude(probe, patches)
             nll = poisson_nll(predicted, measured_t, normalization.intensity_scale)
             total[i] += float(nll) * len(index)
-    return list(total / max(len(indices), 1))
+    return [float(v) for v in total / max(len(indices), 1)]
+
+
+def _log_phase_choice(nll: dict[str, float]) -> None:
+    """Say which stitching the patterns preferred, and by how much."""
+    own, synced = nll["network"], nll["synchronised"]
+    logger.info(
+        "phases: %s (Poisson NLL per pattern %.4g lower than with %s)",
+        "synchronised" if synced < own else "the network's own",
+        abs(own - synced),
+        "the network's own" if synced < own else "synchronised ones",
+    )
 
 
 def reconstruct(
@@ -344,21 +355,15 @@ def reconstruct(
                     )
             n_chunks += 1
         stitched = {name: stitcher.result() for name, stitcher in stitchers.items()}
-        nll = {}
+        nll: dict[str, float] = {}
         if len(stitched) > 1:
             objects = [obj for obj, _ in stitched.values()]
             values = pattern_nll(
                 objects, geometry, scan, used, bundle.probe, normalization, device, chunk_patterns
             )
             nll = dict(zip(stitched, values, strict=True))
+            _log_phase_choice(nll)
         chosen = min(nll, key=nll.__getitem__) if nll else next(iter(stitched))
-        if nll:
-            logger.info(
-                "phases: the %s (Poisson NLL per pattern lower by %.4g than the %s)",
-                "synchronised ones" if chosen == "synchronised" else "network's own",
-                abs(nll["network"] - nll["synchronised"]),
-                "network's own" if chosen == "synchronised" else "synchronised ones",
-            )
         obj, coverage = stitched[chosen]
     elapsed = time.perf_counter() - t0
     collapsed = variation is not None and variation < COLLAPSE_THRESHOLD
