@@ -20,13 +20,7 @@ from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
-from ptychopinn.physics.functional import (
-    SHIFT_MARGIN_PX,
-    extract_patches,
-    far_field_amplitude,
-    poisson_nll,
-    square_support,
-)
+from ptychopinn.physics.functional import SHIFT_MARGIN_PX, object_nll, square_support
 from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
 logger = logging.getLogger(__name__)
@@ -209,9 +203,9 @@ def pattern_nll(
 ) -> list[float]:
     """Mean Poisson negative log-likelihood of the patterns ``indices`` under each object.
 
-    The training loss (:func:`~ptychopinn.physics.functional.poisson_nll`, up to the
-    data-only constant) of the patterns the objects predict through ``probe``; lower is
-    better. The patterns are read ``chunk`` at a time.
+    The training loss (:func:`~ptychopinn.physics.functional.object_nll`, up to the
+    data-only constant) of the patterns the objects predict through ``probe``, as in
+    refinement; lower is better. The patterns are read ``chunk`` at a time.
 
     Shapes
     ------
@@ -219,9 +213,8 @@ def pattern_nll(
     indices : (K,) pattern indices into ``scan``
     probe : (P, N, N) complex probe in the normalised units of ``normalization``
     """
-    n = scan.N
     probe = probe.to(device=device, dtype=torch.complex64)
-    stack = torch.stack([obj.to(device=device, dtype=torch.complex64) for obj in objects])
+    objects = [obj.to(device=device, dtype=torch.complex64) for obj in objects]
     origin = np.asarray(geometry.origin_px, dtype=np.float64)
     total = np.zeros(len(objects))
     for start in range(0, len(indices), chunk):
@@ -229,10 +222,8 @@ def pattern_nll(
         measured = scan.amplitudes(index) * normalization.amplitude_factor
         measured_t = torch.from_numpy(measured).to(device)
         pos = torch.from_numpy(scan.positions_px[index] - origin).to(device)
-        for i in range(len(objects)):
-            patches = extract_patches(stack[i : i + 1], pos[None], n)[0]  # (K, N, N)
-            predicted = far_field_amplitude(probe, patches)
-            nll = poisson_nll(predicted, measured_t, normalization.intensity_scale)
+        for i, obj in enumerate(objects):
+            nll = object_nll(obj, pos, probe, measured_t, normalization.intensity_scale)
             total[i] += float(nll) * len(index)
     return [float(v) for v in total / max(len(indices), 1)]
 
@@ -289,6 +280,8 @@ def reconstruct(
     """
     if not isinstance(chunk_patterns, int) or chunk_patterns < 1:
         raise ConfigError(f"chunk_patterns: expected a positive integer, got {chunk_patterns!r}")
+    if synchronize not in ("auto", "on", "off"):
+        raise ConfigError(f"synchronize: expected 'auto', 'on' or 'off', got {synchronize!r}")
     m = bundle.config.model
     bundle.check_compatible(N=scan.N, source=scan.source)
     bundle.net.to(device).eval()
@@ -309,14 +302,11 @@ def reconstruct(
     weight = stitch_weights(bundle, weights)
     window = support_window(bundle)
     weight = weight[window, window]
-    if synchronize not in ("auto", "on", "off"):
-        raise ConfigError(f"synchronize: expected 'auto', 'on' or 'off', got {synchronize!r}")
-    sync = synchronize if synchronize != "auto" else "on" if m.gridsize == 1 else "both"
-    stitchers = {
-        name: Stitcher(geometry, weight, device=device)
-        for name, wanted in (("synchronised", sync != "off"), ("network", sync in ("off", "both")))
-        if wanted
-    }
+    if synchronize == "auto" and m.gridsize > 1:  # compared by their likelihood below
+        kinds: tuple[str, ...] = ("synchronised", "network")
+    else:
+        kinds = ("network",) if synchronize == "off" else ("synchronised",)
+    stitchers = {kind: Stitcher(geometry, weight, device=device) for kind in kinds}
     n_patterns = int(groups.indices.size)
     per_group = int(groups.indices.shape[1])
     chunked = n_patterns > chunk_patterns

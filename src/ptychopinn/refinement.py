@@ -34,7 +34,7 @@ from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
 from ptychopinn.inference import Reconstruction
 from ptychopinn.io.scan import ScanData
-from ptychopinn.physics.functional import extract_patches, far_field_amplitude, poisson_nll
+from ptychopinn.physics.functional import object_nll
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 
 logger = logging.getLogger(__name__)
@@ -218,9 +218,7 @@ def refine(
         for b in range(0, k, opts.batch_size):
             idx = order[b : b + opts.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            patches = extract_patches(current()[None], pos[idx][None], n)[0]  # (B, N, N)
-            predicted = far_field_amplitude(probe_param, patches)  # (B, N, N)
-            loss = poisson_nll(predicted, measured[idx], scale)
+            loss = object_nll(current(), pos[idx], probe_param, measured[idx], scale)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)

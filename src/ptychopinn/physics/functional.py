@@ -309,6 +309,27 @@ def poisson_nll(
     return nll.sum(dim=(-2, -1)).mean()
 
 
+def object_nll(
+    obj: Tensor, positions_px: Tensor, probe: Tensor, measured_amplitude: Tensor, scale: float
+) -> Tensor:
+    """Poisson negative log-likelihood per pattern of patterns measured on an object canvas.
+
+    The patches at ``positions_px`` are illuminated by ``probe`` and propagated
+    (:func:`far_field_amplitude`), then scored with :func:`poisson_nll`.
+
+    Shapes
+    ------
+    obj : (H, W) complex canvas
+    positions_px : (K, 2) (y, x) on the canvas grid
+    probe : (P, N, N) complex
+    measured_amplitude : (K, N, N)
+    returns scalar (mean over the K patterns)
+    """
+    n = measured_amplitude.shape[-1]
+    patches = extract_patches(obj[None], positions_px[None], n)[0]  # (K, N, N)
+    return poisson_nll(far_field_amplitude(probe, patches), measured_amplitude, scale)
+
+
 def amplitude_mae(
     predicted_amplitude: Tensor, measured_amplitude: Tensor, mask: Tensor | None = None
 ) -> Tensor:
