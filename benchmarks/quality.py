@@ -52,6 +52,7 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
         model=ModelConfig(
             N=args.N,
             gridsize=args.gridsize,
+            group_stride=args.group_stride,
             n_filters_scale=args.n_filters_scale,
             stem_stride=args.stem_stride,
             architecture=args.architecture,
@@ -126,6 +127,12 @@ def main() -> None:
         "--per_pattern",
         action="store_true",
         help="at gridsize > 1, one network per pattern (shared weights), not the group as channels",
+    )
+    p.add_argument(
+        "--group_stride",
+        type=int,
+        default=1,
+        help="spacing of a group's members in scan steps (1: nearest neighbours)",
     )
     p.add_argument(
         "--n_groups",

@@ -196,8 +196,8 @@ def test_wrong_gridsize_or_n_is_a_clear_error(work, trained):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--per_pattern", "--architecture", "backprop_unet"]],
-    ids=["channels", "per_pattern"],
+    [["--group_stride", "2"], ["--per_pattern", "--architecture", "backprop_unet"]],
+    ids=["channels_stride2", "per_pattern"],
 )
 def test_gridsize2_end_to_end(work, extra):
     name = "G2" + "".join(f.strip("-")[:3].upper() for f in extra)
@@ -210,7 +210,8 @@ def test_gridsize2_end_to_end(work, extra):
 
     bundle = load_bundle(work / f"{name}RUN")
     assert bundle.config.model.gridsize == 2 and bundle.config.model.C == 4
-    assert bundle.config.model.per_pattern == bool(extra)
+    assert bundle.config.model.per_pattern == ("--per_pattern" in extra)
+    assert bundle.config.model.group_stride == (2 if "--group_stride" in extra else 1)
     with np.load(work / f"{name}OUT" / "reconstruction.npz") as rec:
         assert np.all(np.isfinite(rec["object"]))
         assert rec["positions_px"].shape[0] == 256

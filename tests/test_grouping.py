@@ -53,3 +53,53 @@ def test_groups_stay_within_one_object():
 def test_too_few_positions():
     with pytest.raises(DataError, match="needs at least 4 positions"):
         group_positions(_raster(1), 2)
+
+
+def test_group_stride_spreads_members_on_a_lattice_of_scan_steps():
+    pos = _raster(k=8, step=3.0)
+    seed = 3 * 8 + 4  # an interior position, (9, 12)
+    groups = group_positions(pos, 3, stride=2)
+    assert groups.indices.shape == (64, 9)
+    members = pos[groups.indices[seed]]
+    ticks = np.array([-6.0, 0.0, 6.0])  # two scan steps apart, centred on the seed
+    lattice = pos[seed] + np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(9, 2)
+    assert np.array_equal(members, lattice)  # row-major order, the seed in the middle
+    assert np.allclose(groups.centers_px[seed], pos[seed])
+    for row in groups.indices:  # at the scan's edge the lattice folds inwards, no repeats
+        assert len(set(row)) == 9
+    nearest = group_positions(pos, 3)
+    spread = np.ptp(groups.offsets_px, axis=1).max(axis=1)
+    assert np.median(spread) == pytest.approx(2 * np.median(np.ptp(nearest.offsets_px, 1).max(1)))
+
+
+def test_group_stride_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="stride"):
+        group_positions(_raster(), 2, stride=0)
+
+
+def test_training_groups_that_leave_patterns_out_are_reported(caplog):
+    """A few groups of neighbours leave regions of the scan untrained: say how many."""
+    from ptychopinn.config import Config, ModelConfig, TrainingConfig
+    from ptychopinn.data.datamodule import GroupDataModule
+    from ptychopinn.data.dataset import Normalization
+    from ptychopinn.data.simulate import simulate_scan
+
+    scan = simulate_scan(n=32, n_positions=64, photons_per_pattern=1e5, seed=0)
+
+    def setup(gridsize: int, n_groups: int | None) -> list[str]:
+        config = Config(
+            model=ModelConfig(N=32, gridsize=gridsize),
+            training=TrainingConfig(n_groups=n_groups, val_fraction=0.0),
+        )
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ptychopinn.data.datamodule"):
+            GroupDataModule(config, scan, Normalization.from_scan(scan)).setup()
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records]
+
+    (message,) = setup(3, 4)  # 4 groups of 9 hold at most 36 of the 64 patterns
+    held = int(message.split(" hold ")[1].split()[0])
+    assert message.startswith("WARNING the 4 training groups hold") and held <= 36
+    assert f"the other {64 - held}" in message
+    assert setup(3, None) == []  # every pattern seeds a group
+    (subset,) = setup(1, 16)  # at gridsize 1 a subset is the user's choice
+    assert subset.startswith("INFO the 16 training groups hold 16 of the 64 patterns")

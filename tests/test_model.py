@@ -117,6 +117,8 @@ def test_probe_big_fills_the_border():
         {"N": 48},
         {"N": 512},
         {"gridsize": 0},
+        {"group_stride": 0},
+        {"group_stride": 1.5},
         {"stem_stride": 3},
         {"mode": "x"},
         {"architecture": "x"},
@@ -128,7 +130,9 @@ def test_bad_model_config(bad):
 
 
 def test_config_round_trip_rejects_unknown_keys():
-    config = Config(model=ModelConfig(N=32, gridsize=2), training=TrainingConfig(max_epochs=3))
+    config = Config(
+        model=ModelConfig(N=32, gridsize=2, group_stride=2), training=TrainingConfig(max_epochs=3)
+    )
     assert Config.from_dict(config.to_dict()) == config
     data = config.to_dict()
     data["model"]["channels"] = 4

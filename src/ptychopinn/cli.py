@@ -245,6 +245,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="patterns per group along one axis (default 1)",
     )
+    _flag(
+        p,
+        "--group_stride",
+        type=int,
+        choices=range(1, 9),
+        metavar="{1..8}",
+        default=None,
+        help="at gridsize > 1: spacing of a group's members in scan steps (default 1, the "
+        "nearest neighbours; 2 spreads each group over twice the object)",
+    )
     _flag(p, "--batch_size", type=_positive_int, default=None, help="groups per batch (default 16)")
     _flag(
         p,

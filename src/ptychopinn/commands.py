@@ -84,6 +84,7 @@ def run_check(args: argparse.Namespace) -> int:
 # -- train ---------------------------------------------------------------------------------
 _MODEL_FLAGS = (
     "gridsize",
+    "group_stride",
     "n_filters_scale",
     "stem_stride",
     "architecture",

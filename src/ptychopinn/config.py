@@ -40,6 +40,10 @@ class ModelConfig:
         Diffraction pattern and object patch size in pixels (power of two, 32..256).
     gridsize : int
         Patches per group along one axis; a group holds ``C = gridsize**2`` patterns.
+    group_stride : int
+        Spacing of a group's members in scan steps: 1 = the nearest neighbours; 2 = every
+        other position around the seed, so a group's overlap constraint reaches twice as
+        far (the members must still overlap).
     n_filters_scale : float
         Multiplier on the base filter ladder (32, 64, 128, ... for N = 64).
     stem_stride : int
@@ -71,6 +75,7 @@ class ModelConfig:
 
     N: int = 64
     gridsize: int = 1
+    group_stride: int = 1
     n_filters_scale: float = 2.0
     stem_stride: int = 1
     amp_activation: AmpActivation = "softplus"
@@ -88,6 +93,10 @@ class ModelConfig:
             raise ConfigError(f"N: expected a power of two from 32 to 256, got {self.N!r}")
         if not isinstance(self.gridsize, int) or not 1 <= self.gridsize <= 4:
             raise ConfigError(f"gridsize: expected an integer from 1 to 4, got {self.gridsize!r}")
+        if not isinstance(self.group_stride, int) or not 1 <= self.group_stride <= 8:
+            raise ConfigError(
+                f"group_stride: expected an integer from 1 to 8, got {self.group_stride!r}"
+            )
         if not self.n_filters_scale > 0:
             raise ConfigError(f"n_filters_scale: expected > 0, got {self.n_filters_scale!r}")
         _check_choice("stem_stride", self.stem_stride, (1, 2))

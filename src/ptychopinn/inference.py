@@ -294,7 +294,12 @@ def reconstruct(
     # a per-pattern network's patch does not depend on the group: predict each pattern once
     gridsize = 1 if m.per_pattern else m.gridsize
     groups = group_positions(
-        scan.positions_px, gridsize, n_groups, bundle.config.training.seed, scan.scan_index
+        scan.positions_px,
+        gridsize,
+        n_groups,
+        bundle.config.training.seed,
+        scan.scan_index,
+        m.group_stride,
     )
     dataset = GroupDataset(scan, groups, normalization, cache=False)  # each pattern read once
     used = np.unique(groups.indices)

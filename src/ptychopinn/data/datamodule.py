@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Subset
@@ -10,6 +12,8 @@ from ptychopinn.config import Config
 from ptychopinn.data.dataset import GroupDataset, Normalization
 from ptychopinn.data.grouping import group_positions
 from ptychopinn.io.scan import ScanData
+
+logger = logging.getLogger(__name__)
 
 
 class GroupDataModule(L.LightningDataModule):
@@ -40,13 +44,24 @@ class GroupDataModule(L.LightningDataModule):
         t, m = self.config.training, self.config.model
         labels = m.mode == "supervised"
         groups = group_positions(
-            self.train_scan.positions_px, m.gridsize, t.n_groups, t.seed, self.train_scan.scan_index
+            self.train_scan.positions_px,
+            m.gridsize,
+            t.n_groups,
+            t.seed,
+            self.train_scan.scan_index,
+            m.group_stride,
         )
         full = GroupDataset(self.train_scan, groups, self.normalization, with_labels=labels)
         if self.val_scan is not None:
             self.train_set = full
+            _report_coverage(groups.indices, len(self.train_scan.positions_px), m.gridsize)
             val_groups = group_positions(
-                self.val_scan.positions_px, m.gridsize, t.n_groups, t.seed, self.val_scan.scan_index
+                self.val_scan.positions_px,
+                m.gridsize,
+                t.n_groups,
+                t.seed,
+                self.val_scan.scan_index,
+                m.group_stride,
             )
             self.val_set = GroupDataset(
                 self.val_scan,
@@ -58,10 +73,13 @@ class GroupDataModule(L.LightningDataModule):
         n_val = int(round(len(full) * t.val_fraction))
         if n_val == 0 or len(full) - n_val < 1:
             self.train_set, self.val_set = full, None
+            _report_coverage(groups.indices, len(self.train_scan.positions_px), m.gridsize)
             return
         order = np.random.default_rng(t.seed).permutation(len(full))
         self.val_set = Subset(full, order[:n_val].tolist())
-        self.train_set = Subset(full, np.sort(order[n_val:]).tolist())
+        train = np.sort(order[n_val:])
+        self.train_set = Subset(full, train.tolist())
+        _report_coverage(groups.indices[train], len(self.train_scan.positions_px), m.gridsize)
 
     def _loader(self, dataset: GroupDataset | Subset, shuffle: bool) -> DataLoader:
         t = self.config.training
@@ -84,3 +102,24 @@ class GroupDataModule(L.LightningDataModule):
 
 def _has_labels(scan: ScanData) -> bool:
     return scan.patches is not None or scan.object is not None
+
+
+def _report_coverage(indices: np.ndarray, n_patterns: int, gridsize: int) -> None:
+    """Say how many of the scan's patterns the training groups hold.
+
+    At gridsize 1 a subset (``n_groups`` < patterns) is the user's choice. At gridsize > 1
+    a few groups of neighbours leave whole regions of the scan out of training, which the
+    network must then guess; that deserves a warning.
+    """
+    covered = len(np.unique(indices))
+    if covered == n_patterns:
+        return
+    log = logger.warning if gridsize > 1 else logger.info
+    log(
+        "the %d training groups hold %d of the %d patterns; the network never trains on "
+        "the other %d (n_groups: omit it to seed a group at every pattern)",
+        len(indices),
+        covered,
+        n_patterns,
+        n_patterns - covered,
+    )

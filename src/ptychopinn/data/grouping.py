@@ -1,4 +1,4 @@
-"""Grouping of scan positions into gridsize**2 nearest-neighbour groups."""
+"""Grouping of scan positions into groups of gridsize**2 neighbours."""
 
 from __future__ import annotations
 
@@ -38,12 +38,20 @@ def group_positions(
     n_groups: int | None = None,
     seed: int = 0,
     scan_index: np.ndarray | None = None,
+    stride: int = 1,
 ) -> Groups:
-    """Form groups of ``C = gridsize**2`` nearest neighbours.
+    """Form groups of ``C = gridsize**2`` neighbouring positions.
 
     At gridsize 1 every pattern is its own group. At gridsize > 1 each group is
-    seeded at one pattern and holds it plus its ``C - 1`` nearest neighbours on
-    the same object (``scan_index``), ordered by position (row, then column).
+    seeded at one pattern and holds, on the same object (``scan_index``), ordered by
+    position (row, then column):
+
+    - at ``stride`` 1, the seed and its ``C - 1`` nearest neighbours;
+    - at ``stride`` s > 1, the positions nearest to a gridsize x gridsize lattice
+      centred on the seed, with s times the object's scan step (the median distance
+      to the nearest neighbour) between lattice points, each position at most once
+      per group. The members still overlap, but the group spans s times as much of
+      the object, so the overlap constraint reaches farther per group.
 
     Parameters
     ----------
@@ -53,12 +61,15 @@ def group_positions(
         A smaller number draws the seeds at random (``seed``) without replacement.
     seed : random seed for the choice of seeds
     scan_index : (M,) int object id per pattern, optional
+    stride : spacing of the members in scan steps (1: nearest neighbours)
 
     Raises
     ------
     DataError
         When an object has fewer than C positions.
     """
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride: expected a positive integer, got {stride!r}")
     positions_px = np.asarray(positions_px, dtype=np.float64)
     m = positions_px.shape[0]
     c = gridsize * gridsize
@@ -82,7 +93,10 @@ def group_positions(
                 )
             tree = cKDTree(positions_px[members])
             rows = np.flatnonzero(scan_index[seeds] == obj_id)
-            _, nearest = tree.query(positions_px[seeds[rows]], k=c)
+            if stride == 1:
+                _, nearest = tree.query(positions_px[seeds[rows]], k=c)
+            else:
+                nearest = _lattice_members(tree, positions_px[seeds[rows]], gridsize, stride)
             indices[rows] = members[nearest]
         # order members by (row, column) so channel order is spatially consistent
         pos = positions_px[indices]  # (G, C, 2)
@@ -93,3 +107,23 @@ def group_positions(
     return Groups(
         indices=indices.astype(np.int64), centers_px=centers, offsets_px=pos - centers[:, None]
     )
+
+
+def _lattice_members(tree: cKDTree, seeds_px: np.ndarray, gridsize: int, stride: int) -> np.ndarray:
+    """(G, C) indices into the tree's points nearest to a lattice around each seed.
+
+    The lattice spacing is ``stride`` scan steps; a point nearest to two lattice points
+    goes to the first, the second takes its next-nearest unused point.
+    """
+    c = gridsize * gridsize
+    step = float(np.median(tree.query(tree.data, k=2)[0][:, 1]))
+    ticks = (np.arange(gridsize) - (gridsize - 1) / 2) * stride * step
+    lattice = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), axis=-1).reshape(c, 2)
+    _, candidates = tree.query(seeds_px[:, None, :] + lattice, k=c)  # (G, C, C)
+    members = np.empty((len(seeds_px), c), dtype=np.int64)
+    for g, per_target in enumerate(candidates):
+        used: set[int] = set()
+        for t, ranked in enumerate(per_target):
+            members[g, t] = next(int(i) for i in ranked if int(i) not in used)
+            used.add(int(members[g, t]))
+    return members
