@@ -52,9 +52,8 @@ class GroupDataModule(L.LightningDataModule):
             m.group_stride,
         )
         full = GroupDataset(self.train_scan, groups, self.normalization, with_labels=labels)
+        train_rows = np.arange(len(full))
         if self.val_scan is not None:
-            self.train_set = full
-            _report_coverage(groups.indices, len(self.train_scan.positions_px), m.gridsize)
             val_groups = group_positions(
                 self.val_scan.positions_px,
                 m.gridsize,
@@ -69,17 +68,14 @@ class GroupDataModule(L.LightningDataModule):
                 self.normalization.for_scan(self.val_scan),
                 with_labels=labels and _has_labels(self.val_scan),
             )
-            return
-        n_val = int(round(len(full) * t.val_fraction))
-        if n_val == 0 or len(full) - n_val < 1:
-            self.train_set, self.val_set = full, None
-            _report_coverage(groups.indices, len(self.train_scan.positions_px), m.gridsize)
-            return
-        order = np.random.default_rng(t.seed).permutation(len(full))
-        self.val_set = Subset(full, order[:n_val].tolist())
-        train = np.sort(order[n_val:])
-        self.train_set = Subset(full, train.tolist())
-        _report_coverage(groups.indices[train], len(self.train_scan.positions_px), m.gridsize)
+        else:
+            n_val = int(round(len(full) * t.val_fraction))
+            if n_val > 0 and len(full) - n_val >= 1:
+                order = np.random.default_rng(t.seed).permutation(len(full))
+                self.val_set = Subset(full, order[:n_val].tolist())
+                train_rows = np.sort(order[n_val:])
+        self.train_set = full if len(train_rows) == len(full) else Subset(full, train_rows.tolist())
+        _report_coverage(groups.indices[train_rows], len(self.train_scan.positions_px), m.gridsize)
 
     def _loader(self, dataset: GroupDataset | Subset, shuffle: bool) -> DataLoader:
         t = self.config.training
