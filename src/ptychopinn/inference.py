@@ -191,6 +191,26 @@ def predict_patches(
     return torch.polar(amp.float().contiguous(), phase.float().contiguous())
 
 
+def measured_on_canvas(
+    scan: ScanData,
+    index: np.ndarray,
+    normalization: Normalization,
+    geometry: CanvasGeometry,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patterns ``index`` as the physics compares them, and where they lie on a canvas.
+
+    Shapes
+    ------
+    index : (K,) pattern indices into ``scan``
+    returns measured (K, N, N) amplitudes in the normalised units of ``normalization``, and
+        positions (K, 2) float64 (y, x) on the canvas of ``geometry``
+    """
+    measured = scan.amplitudes(index) * normalization.amplitude_factor
+    positions = scan.positions_px[index] - np.asarray(geometry.origin_px, dtype=np.float64)
+    return torch.from_numpy(measured).to(device), torch.from_numpy(positions).to(device)
+
+
 def pattern_nll(
     objects: list[torch.Tensor],
     geometry: CanvasGeometry,
@@ -215,15 +235,12 @@ def pattern_nll(
     """
     probe = probe.to(device=device, dtype=torch.complex64)
     objects = [obj.to(device=device, dtype=torch.complex64) for obj in objects]
-    origin = np.asarray(geometry.origin_px, dtype=np.float64)
     total = np.zeros(len(objects))
     for start in range(0, len(indices), chunk):
         index = indices[start : start + chunk]
-        measured = scan.amplitudes(index) * normalization.amplitude_factor
-        measured_t = torch.from_numpy(measured).to(device)
-        pos = torch.from_numpy(scan.positions_px[index] - origin).to(device)
+        measured, pos = measured_on_canvas(scan, index, normalization, geometry, device)
         for i, obj in enumerate(objects):
-            nll = object_nll(obj, pos, probe, measured_t, normalization.intensity_scale)
+            nll = object_nll(obj, pos, probe, measured, normalization.intensity_scale)
             total[i] += float(nll) * len(index)
     return [float(v) for v in total / max(len(indices), 1)]
 

@@ -32,7 +32,7 @@ import torch
 
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
-from ptychopinn.inference import Reconstruction
+from ptychopinn.inference import Reconstruction, measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_nll
 from ptychopinn.stitching import CanvasGeometry, Stitcher
@@ -155,8 +155,7 @@ def refine(
         start_obj = without_large_scale_phase(start_obj, sigma)
         canvas0 = np.where(covered, start_obj, 1.0).astype(np.complex64)
     coverage = _illumination(probe, positions, geometry, device)
-    measured = torch.from_numpy(scan.amplitudes(index) * normalization.amplitude_factor).to(device)
-    pos = torch.from_numpy(positions - np.asarray(geometry.origin_px, dtype=np.float64)).to(device)
+    measured, pos = measured_on_canvas(scan, index, normalization, geometry, device)
     canvas = torch.nn.Parameter(torch.from_numpy(canvas0).to(device))
     probe_param = torch.nn.Parameter(
         probe.detach().clone().to(device=device, dtype=torch.complex64)
