@@ -182,3 +182,53 @@ def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
     # chunk by chunk (the patterns read again, 128 at a time, for the likelihood): same choice
     rec = reconstruct(bundle, scan, synchronize="auto", chunk_patterns=128)
     assert rec.metadata["phases"] == chosen["auto"] and rec.metadata["n_chunks"] > 1
+
+
+def test_probe_amplitude_weights_stitch_well_whichever_way_the_patch_errors_fall() -> None:
+    """``"intensity"`` weights are best when a patch's errors grow where the probe is weak,
+    ``"support"`` when they are even over the patch; the default ``"probe"`` (amplitude) sits
+    between them and stays close to the best in both cases."""
+    from ptychopinn.bundle import Bundle
+    from ptychopinn.config import Config, ModelConfig
+    from ptychopinn.data.dataset import Normalization
+    from ptychopinn.data.simulate import simulate_scan
+    from ptychopinn.errors import ConfigError
+    from ptychopinn.inference import stitch_weights
+
+    n = 32
+    scan = simulate_scan(n=n, n_positions=144, object_kind="grf", seed=1)
+    probe = torch.from_numpy(scan.probe.reshape(-1, n, n)).to(torch.complex64)
+    bundle = Bundle(
+        Config(model=ModelConfig(N=n)), Normalization.from_scan(scan), None, probe, manifest={}
+    )
+    weights = {kind: stitch_weights(bundle, kind) for kind in ("support", "probe", "intensity")}
+    support = weights["support"]
+    assert set(torch.unique(support).tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(weights["probe"] ** 2, weights["intensity"])
+    assert float(weights["probe"].max()) == pytest.approx(1.0)
+    assert bool(torch.all(weights["probe"][support == 0] == 0))
+    with pytest.raises(ConfigError, match="stitch weights"):
+        stitch_weights(bundle, "flat")  # type: ignore[arg-type]
+
+    truth = torch.from_numpy(scan.patches).to(torch.complex64)  # (K, N, N)
+    pos = torch.from_numpy(scan.positions_px)
+    rel = probe.abs().square().sum(0).sqrt()
+    rel = rel / rel.max()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(truth.shape, dtype=torch.complex64, generator=gen)
+    errors = {}
+    for case, scale in (
+        ("weak probe", 0.05 / rel.clamp(min=0.05)),
+        ("even", torch.full_like(rel, 0.2)),
+    ):
+        patches = truth + noise * scale
+        exact, _, _ = stitch(truth, pos, support)
+        errors[case] = {}
+        for kind, w in weights.items():
+            stitched, coverage, _ = stitch(patches, pos, w)
+            inside = coverage > 0
+            errors[case][kind] = float((stitched - exact)[inside].abs().square().mean().sqrt())
+    weak, even = errors["weak probe"], errors["even"]
+    assert weak["intensity"] < weak["probe"] < weak["support"], errors
+    assert even["support"] < even["probe"] < even["intensity"], errors
+    assert weak["probe"] < 1.5 * weak["intensity"] and even["probe"] < 1.5 * even["support"], errors

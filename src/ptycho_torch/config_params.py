@@ -363,7 +363,12 @@ class TrainingConfig(_Facade):
         return _DEVICES[str(self.device).strip().casefold()]
 
 
-_WEIGHTS = {"probe": "probe", "uniform": "support", "support": "support"}
+_WEIGHTS = {
+    "probe": "probe",
+    "intensity": "intensity",
+    "uniform": "support",
+    "support": "support",
+}
 
 
 @dataclass
@@ -371,7 +376,8 @@ class InferenceConfig(_Facade):
     """Inference (Ptychodus group ``PtychoPINNTorchInference``).
 
     Effective: ``batch_size`` (groups per forward pass), ``patch_weighting`` (``'probe'`` =
-    probe-intensity weighted stitching, ``'uniform'`` = the object support). The object support
+    stitching weighted by the probe amplitude, ``'intensity'`` = by the probe intensity,
+    ``'uniform'`` = the flat object support). The object support
     (central N/2) plays the part of ``middle_trim``.
     """
 

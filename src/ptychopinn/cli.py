@@ -406,9 +406,10 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     _flag(
         p,
         "--stitch_weights",
-        choices=["support", "probe"],
+        choices=["support", "probe", "intensity"],
         default="probe",
-        help="overlap weighting: probe intensity on the object support, or the flat support (probe)",
+        help="overlap weighting on the object support: the probe's amplitude, its intensity, "
+        "or flat (probe)",
     )
     _flag(
         p,

@@ -25,7 +25,7 @@ from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
 logger = logging.getLogger(__name__)
 
-StitchWeights = Literal["support", "probe"]
+StitchWeights = Literal["support", "probe", "intensity"]
 Precision = Literal["32", "bf16"]
 PhaseSync = Literal["auto", "on", "off"]
 
@@ -140,17 +140,28 @@ def save_image(path: Path, image: np.ndarray, cmap: str, mask: np.ndarray | None
 
 
 def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Tensor:
-    """Per-pixel patch weight (N, N): the object support, or probe intensity on it.
+    """Per-pixel patch weight (N, N) on the object support: flat, or the probe on it.
 
-    A bundle without a probe (all zeros: a module built without one) is weighted by its
-    support.
+    ``"probe"`` weighs each pixel by the probe's amplitude ``|P|``, ``"intensity"`` by its
+    intensity ``|P|^2``, ``"support"`` equally (each normalised to a maximum of 1). The
+    network's amplitude is least reliable where the probe is weak, so weighting by the probe
+    helps the stitched amplitude; its phase errors are spread more evenly over the patch, so
+    the stitched phase gains from averaging more patches per pixel. The probe amplitude is
+    the compromise that stitches both better than the intensity on every model and object
+    measured (docs/quality_notes.md). A bundle without a probe (all zeros: a module built
+    without one) is weighted by its support.
     """
+    if kind not in ("support", "probe", "intensity"):
+        raise ConfigError(
+            f"stitch weights: expected 'support', 'probe' or 'intensity', got {kind!r}"
+        )
     m = bundle.config.model
     support = square_support(m.N, m.support_px) if not m.probe_big else torch.ones(m.N, m.N)
-    if kind == "probe":
+    if kind != "support":
         intensity = bundle.probe.abs().square().sum(0).cpu()
         if float(intensity.max()) > 0:
-            return support * intensity / intensity.max()
+            weight = intensity / intensity.max()
+            return support * (weight.sqrt() if kind == "probe" else weight)
     return support
 
 
