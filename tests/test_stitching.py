@@ -138,10 +138,11 @@ class _PatchLookup(ObjectNetwork):
 
 @pytest.mark.parametrize("error", ["gradients", "offsets"])
 def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
-    """A model trained on groups predicts phases its neighbours agree with; synchronising its
-    patches then adds up their gradient errors, while arbitrary offsets (a gridsize-1 model)
-    need it. ``synchronize="auto"`` stitches both ways and keeps the one under which the
-    measured patterns are more likely: here, always the one closer to the truth."""
+    """A channel model trained on groups predicts phases its neighbours agree with;
+    synchronising its patches then adds up their gradient errors, while arbitrary offsets need
+    it. For such a model ``synchronize="auto"`` stitches both ways and keeps the one under
+    which the measured patterns are more likely: here, always the one closer to the truth.
+    A per-pattern network sees one pattern at a time, so ``"auto"`` synchronises it."""
     from ptychopinn import workflows as pp
     from ptychopinn.bundle import Bundle
     from ptychopinn.config import Config, ModelConfig
@@ -165,7 +166,7 @@ def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
     phase = slope[:, 0, None, None] * ar[:, None] + slope[:, 1, None, None] * ar
     patches = truth * torch.polar(torch.ones(k, n, n), phase + offset[:, None, None])
     amplitudes = torch.from_numpy(scan.amplitudes() * norm.amplitude_factor)
-    config = Config(model=ModelConfig(N=n, gridsize=2, per_pattern=True))
+    config = Config(model=ModelConfig(N=n, gridsize=2))
     probe = torch.from_numpy(scan.probe * norm.amplitude_factor).to(torch.complex64)
     probe = probe.reshape(-1, n, n)  # (P, N, N)
     bundle = Bundle(config, norm, _PatchLookup(amplitudes, patches), probe, manifest={})
@@ -182,6 +183,11 @@ def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
     # chunk by chunk (the patterns read again, 128 at a time, for the likelihood): same choice
     rec = reconstruct(bundle, scan, synchronize="auto", chunk_patterns=128)
     assert rec.metadata["phases"] == chosen["auto"] and rec.metadata["n_chunks"] > 1
+    # the same patches from a per-pattern network: synchronised, without comparing
+    bundle.config = Config(model=ModelConfig(N=n, gridsize=2, per_pattern=True))
+    rec = reconstruct(bundle, scan, synchronize="auto")
+    assert rec.metadata["phases"] == "synchronised" and rec.metadata["phase_nll"] is None
+    np.testing.assert_array_equal(rec.object, reconstruct(bundle, scan, synchronize="on").object)
 
 
 def test_probe_amplitude_weights_stitch_well_whichever_way_the_patch_errors_fall() -> None:

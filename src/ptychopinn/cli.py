@@ -417,8 +417,9 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "on", "off"],
         default="auto",
         help="align each patch's phase to its neighbours before stitching: on, off, or auto "
-        "(on for a gridsize-1 model; for a model trained on groups, whichever stitching the "
-        "measured patterns are more likely under) (auto)",
+        "(on for a network that sees one pattern at a time: gridsize 1 or --per_pattern; for "
+        "a channel model trained on groups, whichever stitching the measured patterns are "
+        "more likely under) (auto)",
     )
     _flag(
         p,

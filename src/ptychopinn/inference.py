@@ -288,14 +288,16 @@ def reconstruct(
 
     ``synchronize="on"`` aligns the phase of each predicted patch to its neighbours before
     stitching (see :func:`synchronize_phases`); ``"off"`` stitches the network's phases as
-    they are. A model trained at gridsize 1 sees one pattern at a time, so each of its
-    patches carries an arbitrary constant phase: ``"auto"`` synchronises them. A model
-    trained at gridsize > 1 was trained to agree with its neighbours on the phase itself;
-    synchronising its patches can only add up their local phase-gradient errors over the
-    scan, while its own phases are off by a small error of each patch that stitching
-    averages. Which is better depends on the model and the object, so ``"auto"`` stitches
-    both ways and keeps the one under which the measured patterns are more likely
-    (Poisson likelihood with the bundle's probe; one more pass over the patterns).
+    they are. A network that sees one pattern at a time (gridsize 1, or ``per_pattern``
+    even when trained on groups) cannot know its patch's constant phase: one pattern does
+    not determine it, so ``"auto"`` synchronises. A channel model at gridsize > 1 sees a
+    group's patterns together and was trained to agree with its neighbours on the phase
+    itself; synchronising its patches can only add up their local phase-gradient errors over
+    the scan, while its own phases are off by a small error of each patch that stitching
+    averages. Which is better depends on the model and the object, so for such a model
+    ``"auto"`` stitches both ways and keeps the one under which the measured patterns are
+    more likely (Poisson likelihood with the bundle's probe; one more pass over the
+    patterns).
     ``precision`` is that of the network (see :func:`predict_patches`).
 
     Memory is flat in the number of patterns apart from the positions and the canvas:
@@ -335,7 +337,7 @@ def reconstruct(
     weight = stitch_weights(bundle, weights)
     window = support_window(bundle)
     weight = weight[window, window]
-    if synchronize == "auto" and m.gridsize > 1:  # compared by their likelihood below
+    if synchronize == "auto" and m.gridsize > 1 and not m.per_pattern:  # by likelihood, below
         kinds: tuple[str, ...] = ("synchronised", "network")
     else:
         kinds = ("network",) if synchronize == "off" else ("synchronised",)
