@@ -49,10 +49,17 @@ def test_roundtrip_fresh_process_is_identical(tmp_path):
     x = torch.rand(2, 4, 32, 32, generator=torch.Generator().manual_seed(5))
     torch.save(x, tmp_path / "x.pt")
     net.eval()
-    with torch.no_grad():
-        amp, phase = net(x)
+    # one thread on both sides: bit-identical results need the same reduction order, which a
+    # multi-threaded convolution need not keep between processes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            amp, phase = net(x)
+    finally:
+        torch.set_num_threads(threads)
     code = (
-        "import sys, torch; from ptychopinn.bundle import load_bundle;"
+        "import sys, torch; from ptychopinn.bundle import load_bundle; torch.set_num_threads(1);"
         f"b = load_bundle({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r});"
         "a, p = b.net(x); torch.save((a.detach(), p.detach()), sys.argv[1])"
     )

@@ -57,8 +57,8 @@ class Stitcher:
     Parameters
     ----------
     geometry : the canvas on the object grid
-    weights : (N, N) non-negative weight of each patch pixel (e.g. object support or
-        probe intensity)
+    weights : (N, N) non-negative weight of each patch pixel (e.g. the object support, or
+        the probe's amplitude on it)
     """
 
     def __init__(
