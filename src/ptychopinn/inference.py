@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -147,13 +147,14 @@ def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Ten
     network's amplitude is least reliable where the probe is weak, so weighting by the probe
     helps the stitched amplitude; its phase errors are spread more evenly over the patch, so
     the stitched phase gains from averaging more patches per pixel. The probe amplitude is
-    the compromise that stitches both better than the intensity on every model and object
-    measured (docs/quality_notes.md). A bundle without a probe (all zeros: a module built
-    without one) is weighted by its support.
+    the compromise: on the seven models measured it stitched the synchronised phase better
+    than the intensity on all, and the amplitude on all but one (docs/quality_notes.md,
+    "Stitching weights"). A bundle without a
+    probe (all zeros: a module built without one) is weighted by its support.
     """
-    if kind not in ("support", "probe", "intensity"):
+    if kind not in get_args(StitchWeights):
         raise ConfigError(
-            f"stitch weights: expected 'support', 'probe' or 'intensity', got {kind!r}"
+            f"stitch weights: expected one of {', '.join(get_args(StitchWeights))}, got {kind!r}"
         )
     m = bundle.config.model
     support = square_support(m.N, m.support_px) if not m.probe_big else torch.ones(m.N, m.N)
