@@ -338,7 +338,7 @@ def reconstruct(
     weight = stitch_weights(bundle, weights)
     window = support_window(bundle)
     weight = weight[window, window]
-    if synchronize == "auto" and m.gridsize > 1 and not m.per_pattern:  # by likelihood, below
+    if synchronize == "auto" and gridsize > 1:  # a channel model: by likelihood, below
         kinds: tuple[str, ...] = ("synchronised", "network")
     else:
         kinds = ("network",) if synchronize == "off" else ("synchronised",)

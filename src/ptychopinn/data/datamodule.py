@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ptychopinn.config import Config
 from ptychopinn.data.dataset import GroupDataset, Normalization
-from ptychopinn.data.grouping import group_positions
+from ptychopinn.data.grouping import Groups, group_positions
 from ptychopinn.io.scan import ScanData
 
 logger = logging.getLogger(__name__)
@@ -43,28 +43,19 @@ class GroupDataModule(L.LightningDataModule):
             return
         t, m = self.config.training, self.config.model
         labels = m.mode == "supervised"
-        groups = group_positions(
-            self.train_scan.positions_px,
-            m.gridsize,
-            t.n_groups,
-            t.seed,
-            self.train_scan.scan_index,
-            m.group_stride,
-        )
+
+        def groups_of(scan: ScanData) -> Groups:
+            return group_positions(
+                scan.positions_px, m.gridsize, t.n_groups, t.seed, scan.scan_index, m.group_stride
+            )
+
+        groups = groups_of(self.train_scan)
         full = GroupDataset(self.train_scan, groups, self.normalization, with_labels=labels)
         train_rows = np.arange(len(full))
         if self.val_scan is not None:
-            val_groups = group_positions(
-                self.val_scan.positions_px,
-                m.gridsize,
-                t.n_groups,
-                t.seed,
-                self.val_scan.scan_index,
-                m.group_stride,
-            )
             self.val_set = GroupDataset(
                 self.val_scan,
-                val_groups,
+                groups_of(self.val_scan),
                 self.normalization.for_scan(self.val_scan),
                 with_labels=labels and _has_labels(self.val_scan),
             )

@@ -120,10 +120,12 @@ def _lattice_members(tree: cKDTree, seeds_px: np.ndarray, gridsize: int, stride:
     ticks = (np.arange(gridsize) - (gridsize - 1) / 2) * stride * step
     lattice = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), axis=-1).reshape(c, 2)
     _, candidates = tree.query(seeds_px[:, None, :] + lattice, k=c)  # (G, C, C)
-    members = np.empty((len(seeds_px), c), dtype=np.int64)
-    for g, per_target in enumerate(candidates):
+    members = candidates[:, :, 0].astype(np.int64)  # each lattice point's nearest position
+    first = np.sort(members, axis=1)
+    # only groups where two lattice points share a nearest position need the ranked choice
+    for g in np.flatnonzero(np.any(first[:, 1:] == first[:, :-1], axis=1)):
         used: set[int] = set()
-        for t, ranked in enumerate(per_target):
+        for t, ranked in enumerate(candidates[g]):
             members[g, t] = next(int(i) for i in ranked if int(i) not in used)
             used.add(int(members[g, t]))
     return members
