@@ -67,6 +67,7 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
             n_groups=args.n_groups,
             logger="none",
             accelerator=args.accelerator,
+            precision=args.precision,
         ),
     )
     run = pp.train(config, scan_a, work / f"{obj}_{photons:g}", progress=False)
@@ -122,6 +123,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--precision",
+        default="32-true",
+        help="training precision (bf16-mixed: 1.5-1.7x faster on CPUs with native bfloat16)",
+    )
     p.add_argument("--gridsize", type=int, default=1)
     p.add_argument(
         "--per_pattern",
