@@ -243,6 +243,31 @@ def test_cpu_runs_default_to_the_unet_preset(tmp_path, flags, expected):
     assert (model.architecture, model.n_filters_scale, model.stem_stride) == expected
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_overlap_preset_gives_the_recipe_and_what_is_given_wins(tmp_path, monkeypatch, native):
+    from ptychopinn import commands
+    from ptychopinn.cli import build_parser
+
+    monkeypatch.setattr(commands, "native_bf16", lambda accelerator: native)
+
+    def config(*flags: str):
+        args = build_parser().parse_args(
+            ["train", "--train_data_file", "D.npz", "--output_dir", str(tmp_path), "--preset",
+             "overlap", *flags]
+        )  # fmt: skip
+        return commands.config_from_args(args, 64)
+
+    m, t = config().model, config().training
+    assert (m.gridsize, m.per_pattern, m.group_stride) == (3, True, 2)
+    assert (m.architecture, m.n_filters_scale, m.stem_stride) == ("backprop_unet", 1.0, 2)
+    assert (t.max_epochs, t.batch_size, t.learning_rate, t.scheduler) == (17, 2, 5e-4, "cosine")
+    assert t.precision == ("bf16-mixed" if native else "32-true")
+    (tmp_path / "c.json").write_text('{"training": {"batch_size": 4, "precision": "32-true"}}')
+    given = config("--max_epochs", "50", "--gridsize", "2", "--config", str(tmp_path / "c.json"))
+    assert (given.training.max_epochs, given.training.batch_size) == (50, 4)
+    assert given.training.precision == "32-true" and given.model.gridsize == 2
+
+
 def test_json_config_choosing_the_size_is_respected(tmp_path):
     from ptychopinn.cli import build_parser
     from ptychopinn.commands import config_from_args

@@ -229,6 +229,25 @@ def test_gridsize2_end_to_end(work, extra):
     assert meta["phases"] == "synchronised" and meta["phase_nll"] is None
 
 
+def test_overlap_preset_trains_in_bfloat16_end_to_end(work):
+    """``--preset overlap`` from the command line, in bf16-mixed precision (as on CPUs with
+    native bfloat16; emulated and slower elsewhere, still correct)."""
+    ok(run("train", "--train_data_file", "D.npz", "--output_dir", "PRESET", "--preset", "overlap",
+           "--max_epochs", "1", "--precision", "bf16-mixed", "--logger", "none", cwd=work))  # fmt: skip
+    ok(run("infer", "--model_path", "PRESET", "--test_data", "D.npz", "--output_dir", "PRESET_OUT",
+           cwd=work))  # fmt: skip
+    from ptychopinn.bundle import load_bundle
+
+    config = load_bundle(work / "PRESET").config
+    m, t = config.model, config.training
+    assert (m.gridsize, m.per_pattern, m.group_stride) == (3, True, 2)
+    assert (t.precision, t.learning_rate) == ("bf16-mixed", 5e-4)
+    with np.load(work / "PRESET_OUT" / "reconstruction.npz") as rec:
+        assert np.all(np.isfinite(rec["object"])) and rec["object"].dtype == np.complex64
+        meta = json.loads(str(rec["metadata"]))
+    assert meta["phases"] == "synchronised" and not meta["collapsed"]
+
+
 @pytest.fixture(scope="module")
 def reference_metrics(work, trained) -> dict:
     """Quality of the single-process run (12 epochs, batch 16), the yardstick for DDP."""

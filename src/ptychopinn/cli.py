@@ -227,6 +227,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="validation scan (default: held-out groups)",
     )
     _flag(p, "--output_dir", required=True, help="run directory")
+    p.add_argument(
+        "--preset",
+        choices=["overlap"],
+        default=None,
+        help="overlap: overlap-constrained training of the CPU network (--gridsize 3 "
+        "--per_pattern --group_stride 2 --max_epochs 17 --batch_size 2 --learning_rate 5e-4 "
+        "--scheduler cosine, bf16-mixed where native); flags and --config override its values",
+    )
     _flag(
         p,
         "--max_epochs",

@@ -131,6 +131,37 @@ CPU_PRESET: dict[str, Any] = {
 }
 
 
+#: ``--preset overlap``: overlap-constrained training of the CPU network. Each pattern's patch
+#: comes from the single-pattern U-Net, but the nine patches of a group two scan steps apart are
+#: merged into one object before the likelihood, so every prediction must agree with its
+#: neighbours'. On the quality benchmark's 576-pattern scans (README, "Overlap-constrained
+#: training over the whole scan") 17 epochs give the network alone phase SSIM 0.95 (lines) and
+#: 0.92 (GRF) against 0.67 and 0.39 from the default; the natural image needs about 50 epochs
+#: for 0.8. Values given by flags or the JSON config win; the precision is bf16-mixed where the
+#: device computes in bfloat16 natively (same quality, 1.5-1.7x faster on such CPUs).
+OVERLAP_PRESET: dict[str, dict[str, Any]] = {
+    "model": {"gridsize": 3, "per_pattern": True, "group_stride": 2, **CPU_PRESET},
+    "training": {"max_epochs": 17, "batch_size": 2, "learning_rate": 5e-4, "scheduler": "cosine"},
+}
+
+
+def native_bf16(accelerator: str) -> bool:
+    """Whether ``accelerator`` computes in bfloat16 natively (bf16-mixed is then faster).
+
+    A CPU needs AVX512-BF16 or AMX (oneDNN emulates bfloat16 otherwise, slower than float32);
+    a CUDA GPU needs compute capability 8 or newer.
+    """
+    import torch
+
+    if _runs_on_cpu(accelerator):
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return bool(
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    )
+
+
 def _runs_on_cpu(accelerator: str) -> bool:
     import torch
 
@@ -149,8 +180,11 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
             base = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{args.config}: cannot read JSON config ({exc})") from exc
-    model = dict(base.get("model", {}))
-    training = dict(base.get("training", {}))
+    preset: dict[str, dict[str, Any]] = {"model": {}, "training": {}}
+    if getattr(args, "preset", None) == "overlap":
+        preset = OVERLAP_PRESET
+    model = {**preset["model"], **base.get("model", {})}
+    training = {**preset["training"], **base.get("training", {})}
     if "N" in model and model["N"] != n:
         raise ConfigError(
             f"{args.config}: model.N = {model['N']} but the data have {n}x{n} patterns"
@@ -170,6 +204,8 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
     if args.disable_mlflow:
         training["logger"] = "none"
     training.setdefault("accelerator", "cpu")
+    if preset["training"] and "precision" not in training and native_bf16(training["accelerator"]):
+        training["precision"] = "bf16-mixed"
     if not CPU_PRESET.keys() & model.keys() and _runs_on_cpu(str(training["accelerator"])):
         model.update(CPU_PRESET)
         logger.info(
