@@ -570,6 +570,7 @@ def summary_table(result: dict[str, Any]) -> str:
         ("outnet", 6),
         ("st+io", 6),
         ("train/s", 8),
+        ("bf16tr/s", 8),
         ("peakMB", 7),
     ]
     head = " ".join(f"{name:>{w}}" for name, w in cols)
@@ -601,6 +602,7 @@ def summary_table(result: dict[str, Any]) -> str:
             _fmt(e2e.get("outside_network_fraction"), ".0%"),
             _fmt(prof.get("stitch_and_io_fraction"), ".0%"),
             _fmt(tr.get("patterns_per_s"), ".1f"),
+            _fmt(tr.get("bf16_patterns_per_s"), ".1f"),
             _fmt(peak, ".0f"),
         ]
         lines.append(" ".join(f"{v:>{w}}" for v, (_, w) in zip(values, cols, strict=True)))

@@ -309,7 +309,10 @@ def worker_stitch(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Optimiser steps: ``PtychoPINNModule.training_step`` + backward + Adam, batches of the scan."""
+    """Optimiser steps: ``PtychoPINNModule.training_step`` + backward + Adam, batches of the scan.
+
+    Timed in float32, then under bfloat16 autocast (what ``--precision bf16-mixed`` runs).
+    """
     import numpy as np
     import torch
     from torch.utils.data import default_collate
@@ -348,9 +351,10 @@ def worker_train(spec: dict[str, Any]) -> dict[str, Any]:
     ]
     step_no = [0]
 
-    def step() -> None:
+    def step(bf16: bool = False) -> None:
         batch = batches[step_no[0] % len(batches)]
-        loss = module.training_step(batch, step_no[0])
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.training_step(batch, step_no[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -365,6 +369,7 @@ def worker_train(spec: dict[str, Any]) -> dict[str, Any]:
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     times = time_repeats(step, device, spec["min_time_s"], min_reps=3, warmup=2)
     cpu_use = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    bf16_times = time_repeats(lambda: step(bf16=True), device, spec["min_time_s"], 3, 2)
     patterns = batches[0]["amplitude"].shape[0] * config.model.C
     median = _median(times)
     return {
@@ -378,6 +383,7 @@ def worker_train(spec: dict[str, Any]) -> dict[str, Any]:
         "efficiency_local": flops / median / matmul,
         "matmul_float32_flops_per_s_local": matmul,
         "cpu_utilisation": cpu_use,
+        "bf16_patterns_per_s": patterns / _median(bf16_times),
         "memory": peak_memory_mb(device),
     }
 

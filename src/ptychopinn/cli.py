@@ -376,7 +376,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, ... (auto)"
     )
     p.add_argument(
-        "--precision", default=None, help="Lightning precision: 32-true, bf16-mixed, 16-mixed"
+        "--precision",
+        default=None,
+        help="Lightning precision: 32-true (default), bf16-mixed (same quality, 1.5x faster on "
+        "CPUs with AMX or AVX512-BF16 and on GPUs of compute capability 8+), 16-mixed",
     )
     p.add_argument(
         "--logger", choices=["csv", "tensorboard", "mlflow", "none"], default=None, help="(csv)"
