@@ -135,9 +135,9 @@ CPU_PRESET: dict[str, Any] = {
 #: comes from the single-pattern U-Net, but the nine patches of a group two scan steps apart are
 #: merged into one object before the likelihood, so every prediction must agree with its
 #: neighbours'. On the quality benchmark's 576-pattern scans (README, "Overlap-constrained
-#: training over the whole scan") 17 epochs give the network alone phase SSIM 0.95 (lines) and
-#: 0.92 (GRF) against 0.67 and 0.39 from the default; the natural image needs about 50 epochs
-#: for 0.8. Values given by flags or the JSON config win; the precision is bf16-mixed where the
+#: training over the whole scan") 17 epochs give the network alone phase SSIM 0.94-0.95 (lines)
+#: and 0.90-0.92 (GRF) against 0.67 and 0.39 from the default; the natural image needs about 50
+#: epochs for 0.8. Values given by flags or the JSON config win; the precision is bf16-mixed where the
 #: device computes in bfloat16 natively (same quality, 1.5-1.7x faster on such CPUs).
 OVERLAP_PRESET: dict[str, dict[str, Any]] = {
     "model": {"gridsize": 3, "per_pattern": True, "group_stride": 2, **CPU_PRESET},
