@@ -137,8 +137,8 @@ CPU_PRESET: dict[str, Any] = {
 #: neighbours'. On the quality benchmark's 576-pattern scans (README, "Overlap-constrained
 #: training over the whole scan") 17 epochs give the network alone phase SSIM 0.94-0.95 (lines)
 #: and 0.90-0.92 (GRF) against 0.67 and 0.39 from the default; the natural image needs about 50
-#: epochs for 0.8. Values given by flags or the JSON config win; the precision is bf16-mixed where the
-#: device computes in bfloat16 natively (same quality, 1.5-1.7x faster on such CPUs).
+#: epochs for 0.8. Values given by flags or the JSON config win; the precision is bf16-mixed
+#: where the device computes in bfloat16 natively (same quality, 1.5-1.7x faster on such CPUs).
 OVERLAP_PRESET: dict[str, dict[str, Any]] = {
     "model": {"gridsize": 3, "per_pattern": True, "group_stride": 2, **CPU_PRESET},
     "training": {"max_epochs": 17, "batch_size": 2, "learning_rate": 5e-4, "scheduler": "cosine"},
