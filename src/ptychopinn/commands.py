@@ -144,6 +144,9 @@ OVERLAP_PRESET: dict[str, dict[str, Any]] = {
     "training": {"max_epochs": 17, "batch_size": 2, "learning_rate": 5e-4, "scheduler": "cosine"},
 }
 
+#: ``--preset`` name -> the config values it sets (the CLI lists the same names).
+TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"overlap": OVERLAP_PRESET}
+
 
 def native_bf16(accelerator: str) -> bool:
     """Whether ``accelerator`` computes in bfloat16 natively (bf16-mixed is then faster).
@@ -180,11 +183,9 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
             base = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{args.config}: cannot read JSON config ({exc})") from exc
-    preset: dict[str, dict[str, Any]] = {"model": {}, "training": {}}
-    if getattr(args, "preset", None) == "overlap":
-        preset = OVERLAP_PRESET
-    model = {**preset["model"], **base.get("model", {})}
-    training = {**preset["training"], **base.get("training", {})}
+    preset = TRAIN_PRESETS.get(getattr(args, "preset", None) or "", {})
+    model = {**preset.get("model", {}), **base.get("model", {})}
+    training = {**preset.get("training", {}), **base.get("training", {})}
     if "N" in model and model["N"] != n:
         raise ConfigError(
             f"{args.config}: model.N = {model['N']} but the data have {n}x{n} patterns"
@@ -204,7 +205,7 @@ def config_from_args(args: argparse.Namespace, n: int) -> Config:
     if args.disable_mlflow:
         training["logger"] = "none"
     training.setdefault("accelerator", "cpu")
-    if preset["training"] and "precision" not in training and native_bf16(training["accelerator"]):
+    if preset and "precision" not in training and native_bf16(training["accelerator"]):
         training["precision"] = "bf16-mixed"
     if not CPU_PRESET.keys() & model.keys() and _runs_on_cpu(str(training["accelerator"])):
         model.update(CPU_PRESET)

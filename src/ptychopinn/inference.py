@@ -19,6 +19,7 @@ from ptychopinn.errors import ConfigError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
+from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.functional import SHIFT_MARGIN_PX, object_nll, square_support
 from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
@@ -200,7 +201,7 @@ def predict_patches(
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         amp, phase = bundle.net(x)
-    return torch.polar(amp.float().contiguous(), phase.float().contiguous())
+    return object_patches(amp.contiguous(), phase.contiguous())
 
 
 def measured_on_canvas(

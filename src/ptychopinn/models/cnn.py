@@ -141,8 +141,12 @@ def amplitude_activation(x: Tensor, kind: str) -> Tensor:
 
 
 def object_patches(amplitude: Tensor, phase: Tensor) -> Tensor:
-    """Complex patches ``A * exp(i phi)``, same shape as the inputs."""
-    return torch.polar(amplitude, phase)
+    """Complex64 patches ``A * exp(i phi)``, same shape as the inputs.
+
+    The network's outputs are bfloat16 under bf16 autocast; the patches (and the physics
+    after them) are float32 / complex64 either way.
+    """
+    return torch.polar(amplitude.float(), phase.float())
 
 
 def count_parameters(model: nn.Module) -> int:
