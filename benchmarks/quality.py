@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ptychopinn import workflows as pp
-from ptychopinn.commands import CPU_PRESET
+from ptychopinn.commands import CPU_PRESET, TRAIN_PRESETS, native_bf16
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.data.simulate import simulate_scan
 from ptychopinn.refinement import RefineOptions, refine
@@ -58,12 +58,16 @@ def one_case(args: argparse.Namespace, obj: str, photons: float, work: Path) -> 
             architecture=args.architecture,
             mode=args.mode,
             per_pattern=args.per_pattern,
+            norm_layer=args.norm_layer,
+            merge_weights=args.merge_weights,
         ),
         training=TrainingConfig(
             max_epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
             scheduler="cosine",
+            warmup_fraction=args.warmup_fraction,
+            adam_beta2=args.adam_beta2,
             n_groups=args.n_groups,
             logger="none",
             accelerator=args.accelerator,
@@ -161,6 +165,22 @@ def main() -> None:
         choices=["unsupervised", "supervised"],
         help="supervised: train on the ground-truth patches (an upper bound for the network)",
     )
+    p.add_argument("--norm_layer", default="batch", choices=["batch", "layer", "group", "none"])
+    p.add_argument(
+        "--merge_weights",
+        default="probe",
+        choices=["probe", "support"],
+        help="at gridsize > 1: weights of a group's patches in the merged object of the loss",
+    )
+    p.add_argument("--warmup_fraction", type=float, default=0.0, help="linear warmup, of the steps")
+    p.add_argument("--adam_beta2", type=float, default=0.999)
+    p.add_argument(
+        "--preset",
+        choices=sorted(TRAIN_PRESETS),
+        default=None,
+        help="the defaults of `ptychopinn train --preset` (incl. bf16-mixed where native); "
+        "the flags given still win",
+    )
     p.add_argument("--refine", type=int, default=100, help="refinement passes")
     p.add_argument(
         "--pass-counts",
@@ -171,6 +191,13 @@ def main() -> None:
     )
     p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
     p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])
+    preset = TRAIN_PRESETS.get(p.parse_known_args()[0].preset or "")
+    if preset:
+        names = {"max_epochs": "epochs", "learning_rate": "lr"}
+        values = {**preset["model"], **preset["training"]}
+        p.set_defaults(**{names.get(k, k): v for k, v in values.items() if k != "scheduler"})
+        if native_bf16(p.parse_known_args()[0].accelerator):
+            p.set_defaults(precision="bf16-mixed")
     args = p.parse_args()
     if args.quick:
         args.objects, args.photons, args.epochs, args.refine = ["image"], [1e6], 5, 20

@@ -260,11 +260,17 @@ def test_overlap_preset_gives_the_recipe_and_what_is_given_wins(tmp_path, monkey
     m, t = config().model, config().training
     assert (m.gridsize, m.per_pattern, m.group_stride) == (3, True, 2)
     assert (m.architecture, m.n_filters_scale, m.stem_stride) == ("backprop_unet", 1.0, 2)
-    assert (t.max_epochs, t.batch_size, t.learning_rate, t.scheduler) == (17, 2, 5e-4, "cosine")
+    assert (m.norm_layer, m.merge_weights) == ("layer", "probe")
+    assert (t.max_epochs, t.batch_size, t.learning_rate, t.scheduler) == (20, 2, 1e-3, "cosine")
+    assert (t.warmup_fraction, t.adam_beta2) == (0.06, 0.99)
     assert t.precision == ("bf16-mixed" if native else "32-true")
     (tmp_path / "c.json").write_text('{"training": {"batch_size": 4, "precision": "32-true"}}')
-    given = config("--max_epochs", "50", "--gridsize", "2", "--config", str(tmp_path / "c.json"))
+    given = config(
+        "--max_epochs", "50", "--gridsize", "2", "--norm_layer", "batch", "--warmup_fraction", "0",
+        "--config", str(tmp_path / "c.json"),
+    )  # fmt: skip
     assert (given.training.max_epochs, given.training.batch_size) == (50, 4)
+    assert (given.model.norm_layer, given.training.warmup_fraction) == ("batch", 0.0)
     assert given.training.precision == "32-true" and given.model.gridsize == 2
 
 

@@ -241,7 +241,7 @@ def test_overlap_preset_trains_in_bfloat16_end_to_end(work):
     config = load_bundle(work / "PRESET").config
     m, t = config.model, config.training
     assert (m.gridsize, m.per_pattern, m.group_stride) == (3, True, 2)
-    assert (t.precision, t.learning_rate) == ("bf16-mixed", 5e-4)
+    assert (t.precision, t.learning_rate, m.norm_layer) == ("bf16-mixed", 1e-3, "layer")
     with np.load(work / "PRESET_OUT" / "reconstruction.npz") as rec:
         assert np.all(np.isfinite(rec["object"])) and rec["object"].dtype == np.complex64
         meta = json.loads(str(rec["metadata"]))

@@ -11,7 +11,7 @@ import torch
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.errors import ConfigError
 from ptychopinn.models import build_network
-from ptychopinn.models.cnn import PtychoPINNNet, count_parameters
+from ptychopinn.models.cnn import ChannelLayerNorm, PtychoPINNNet, count_parameters
 from ptychopinn.models.unet import backpropagate
 from ptychopinn.physics.functional import far_field_amplitude, normalize_probe, square_support
 
@@ -65,6 +65,32 @@ def test_per_pattern_network_predicts_each_pattern_on_its_own(architecture):
     # one set of single-pattern weights: as many parameters as at gridsize 1
     single = build_network(dataclasses.replace(config, gridsize=1))
     assert count_parameters(net) == count_parameters(single)
+
+
+def test_channel_layer_norm_normalises_each_pixel_of_each_sample_on_its_own():
+    """``norm_layer="layer"``: every pixel's channels have mean 0 and variance 1 (at the initial
+    scale and shift), in training as in evaluation, channels-last or not, and a sample's
+    output does not depend on the rest of its batch (BatchNorm's does, in training)."""
+    norm = ChannelLayerNorm(8)
+    x = torch.randn(3, 8, 5, 6) * 4 + 2
+    y = norm(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(3, 5, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=1, unbiased=False), torch.ones(3, 5, 6), atol=1e-3, rtol=0)
+    torch.testing.assert_close(norm(x.contiguous(memory_format=torch.channels_last)), y)
+    config = ModelConfig(N=32, n_filters_scale=0.25, stem_stride=2, architecture="backprop_unet")
+    torch.manual_seed(0)
+    net = build_network(dataclasses.replace(config, norm_layer="layer")).train()
+    net.set_probe(normalize_probe(torch.randn(1, 32, 32, dtype=torch.complex64)))
+    batch = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        alone = net(batch[:1])[1]
+        together = net(batch)[1][:1]
+        evaluated = net.eval()(batch[:1])[1]
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(evaluated, alone)
+    assert any(isinstance(m, ChannelLayerNorm) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 
 def test_default_network_size():
@@ -122,6 +148,8 @@ def test_probe_big_fills_the_border():
         {"stem_stride": 3},
         {"mode": "x"},
         {"architecture": "x"},
+        {"norm_layer": "instance"},
+        {"merge_weights": "intensity"},
     ],
 )
 def test_bad_model_config(bad):
@@ -129,9 +157,27 @@ def test_bad_model_config(bad):
         ModelConfig(**bad)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"warmup_fraction": -0.1},
+        {"warmup_fraction": 1.0},
+        {"warmup_fraction": 0.1, "scheduler": "plateau"},
+        {"adam_beta2": 1.0},
+        {"adam_beta2": 0.0},
+    ],
+)
+def test_bad_training_config(bad):
+    with pytest.raises(ConfigError):
+        TrainingConfig(**bad)
+
+
 def test_config_round_trip_rejects_unknown_keys():
     config = Config(
-        model=ModelConfig(N=32, gridsize=2, group_stride=2), training=TrainingConfig(max_epochs=3)
+        model=ModelConfig(
+            N=32, gridsize=2, group_stride=2, norm_layer="layer", merge_weights="support"
+        ),
+        training=TrainingConfig(max_epochs=3, warmup_fraction=0.1, adam_beta2=0.99),
     )
     assert Config.from_dict(config.to_dict()) == config
     data = config.to_dict()
@@ -188,6 +234,51 @@ def test_training_reports_a_collapse_only_after_the_first_steps(tmp_path, caplog
                 config, scan, tmp_path / f"run{epochs}", progress=False, callbacks=[ConstantHead()]
             )
         assert ("training has collapsed" in caplog.text) is expected, caplog.text
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "constant"])
+def test_learning_rate_warms_up_per_step_then_follows_the_schedule(tmp_path, scheduler):
+    """The rate a real run steps with: a linear rise over the warmup fraction of its steps,
+    then constant or half a cosine down to zero at the last step; Adam's beta2 as configured."""
+    import lightning as L
+
+    from ptychopinn import workflows as pp
+    from ptychopinn.data.simulate import simulate_scan
+
+    class Rates(L.Callback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+            self.betas: tuple[float, float] | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            group = trainer.optimizers[0].param_groups[0]
+            self.rates.append(group["lr"])
+            self.betas = group["betas"]
+
+    scan = simulate_scan(n=32, n_positions=32, object_kind="image", photons_per_pattern=1e6, seed=0)
+    config = Config(
+        model=ModelConfig(N=32, stem_stride=2, n_filters_scale=0.125, architecture="backprop_unet"),
+        training=TrainingConfig(
+            max_epochs=10,
+            batch_size=8,
+            learning_rate=1e-3,
+            scheduler=scheduler,
+            warmup_fraction=0.2,
+            adam_beta2=0.99,
+            val_fraction=0.0,
+            logger="none",
+        ),
+    )
+    rates = Rates()
+    pp.train(config, scan, tmp_path / "run", progress=False, callbacks=[rates])
+    r = np.array(rates.rates) / 1e-3
+    assert len(r) == 40 and rates.betas == (0.9, 0.99)  # 32 groups / 8 per batch x 10 epochs
+    np.testing.assert_allclose(r[:8], np.arange(1, 9) / 8, rtol=1e-6)  # warmup: 8 of 40 steps
+    after = r[8:]
+    if scheduler == "constant":
+        np.testing.assert_allclose(after, 1.0, rtol=1e-6)
+    else:
+        np.testing.assert_allclose(after, 0.5 * (1 + np.cos(np.pi * np.arange(32) / 32)), rtol=1e-6)
 
 
 def test_per_pattern_bundle_reconstructs_each_pattern_once(tmp_path):

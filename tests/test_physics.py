@@ -113,6 +113,48 @@ def test_gridsize2_single_bright_pixel_orientation():
         assert nz == [list(expected)], (k, nz, expected)
 
 
+@pytest.mark.parametrize("kind", ["probe", "support"])
+def test_group_merge_weighs_each_patch_by_the_probe_amplitude(kind):
+    """Two members of a group, two scan steps apart, each a constant patch: where they overlap,
+    the shared object is their average weighted by the probe amplitude |P| at each one's own
+    pixel (``merge_weights="probe"``) or their plain average (``"support"``)."""
+    n = 16
+    yy, xx = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
+    amplitude = torch.exp(-((yy + 1.0) ** 2 + (xx - 2.0) ** 2) / 18.0)  # off-centre, uneven
+    probe = torch.polar(amplitude, 0.1 * xx.float())[None]  # (1, n, n)
+    fm = ForwardModel(probe, torch.ones(n, n), merge_weights=kind)
+    offsets = torch.tensor([[[0.0, -3.0], [0.0, 3.0]]])  # (1, 2, 2) (y, x)
+    values = torch.tensor([1.0 + 0.0j, -1.0 + 2.0j])
+    patches = values[None, :, None, None].expand(1, 2, n, n).clone()
+    merged = fm.merge_group(patches, offsets)  # (1, 2, n, n)
+    row, col = n // 2 + 1, n // 2  # member 0's pixel at group coordinate (1, -3), both cover it
+    w0 = float(amplitude[row, col]) if kind == "probe" else 1.0
+    w1 = float(amplitude[row, col - 6]) if kind == "probe" else 1.0  # member 1's index for it
+    expected = (w0 * values[0] + w1 * values[1]) / (w0 + w1)
+    assert complex(merged[0, 0, row, col]) == pytest.approx(complex(expected), abs=1e-4)
+    assert complex(merged[0, 1, row, col - 6]) == pytest.approx(complex(expected), abs=1e-4)
+
+
+def test_group_merge_weights_follow_a_probe_loaded_after_construction():
+    """A module built with a zero probe (as when restored from a checkpoint) merges by the
+    probe it is given afterwards, not by the zero one it was built with."""
+    n = 16
+    probe = torch.ones(1, n, n, dtype=torch.complex64)
+    probe[..., : n // 2] = 0.25  # the left half weighs a quarter
+    built = ForwardModel(probe, torch.ones(n, n), merge_weights="probe")
+    restored = ForwardModel(torch.zeros_like(probe), torch.ones(n, n), merge_weights="probe")
+    restored.load_state_dict(built.state_dict())
+    patches = torch.randn(1, 2, n, n, dtype=torch.complex64)
+    offsets = torch.tensor([[[0.0, -2.0], [0.0, 2.0]]])
+    flat = ForwardModel(probe, torch.ones(n, n), merge_weights="support")
+    torch.testing.assert_close(
+        restored.merge_group(patches, offsets), built.merge_group(patches, offsets)
+    )
+    assert not torch.allclose(
+        flat.merge_group(patches, offsets), built.merge_group(patches, offsets)
+    )
+
+
 def test_forward_invariant_to_global_phase(rng):
     probe = _complex(rng, 2, 16, 16)
     patches = _complex(rng, 3, 1, 16, 16)

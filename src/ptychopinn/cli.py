@@ -232,8 +232,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=["overlap"],
         default=None,
         help="overlap: overlap-constrained training of the CPU network (--gridsize 3 "
-        "--per_pattern --group_stride 2 --max_epochs 17 --batch_size 2 --learning_rate 5e-4 "
-        "--scheduler cosine, bf16-mixed where native); flags and --config override its values",
+        "--per_pattern --group_stride 2 --merge_weights probe --norm_layer layer --max_epochs 20 "
+        "--batch_size 2 --learning_rate 1e-3 --scheduler cosine --warmup_fraction 0.06 "
+        "--adam_beta2 0.99, bf16-mixed where native); flags and --config override its values",
     )
     _flag(
         p,
@@ -278,7 +279,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--scheduler",
         choices=["constant", "plateau", "cosine"],
         default=None,
-        help="learning-rate schedule",
+        help="learning-rate schedule, per optimiser step (default constant; cosine: annealed "
+        "to zero over the run; plateau: halved after 3 epochs without improvement)",
+    )
+    _flag(
+        p,
+        "--warmup_fraction",
+        type=float,
+        default=None,
+        help="fraction of the optimiser steps, in [0, 1), over which the learning rate first "
+        "rises linearly from zero (default 0; constant and cosine schedules)",
+    )
+    _flag(
+        p,
+        "--adam_beta2",
+        type=float,
+        default=None,
+        help="Adam's second-moment decay, in (0, 1) (default 0.999)",
     )
     _flag(
         p,
@@ -327,6 +344,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="at gridsize > 1: one network per pattern (shared weights) instead of the group's "
         "patterns as channels; the group still shares one object in the loss",
+    )
+    _flag(
+        p,
+        "--merge_weights",
+        choices=["probe", "support"],
+        default=None,
+        help="at gridsize > 1: weight of each patch's pixels when a group's patches are merged "
+        "into the object of the loss: the probe amplitude on the support (default) or flat",
+    )
+    _flag(
+        p,
+        "--norm_layer",
+        choices=["batch", "layer", "group", "none"],
+        default=None,
+        help="normalisation after each convolution: batch (default), layer (LayerNorm over "
+        "the channels of each pixel), group, none",
     )
     _flag(p, "--amp_activation", choices=["softplus", "sigmoid", "exp", "relu"], default=None)
     _flag(

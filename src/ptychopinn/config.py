@@ -18,7 +18,8 @@ Architecture = Literal["ptychopinn", "backprop_unet"]
 AmpActivation = Literal["softplus", "sigmoid", "exp", "relu"]
 Mode = Literal["unsupervised", "supervised"]
 InputTransform = Literal["none", "sqrt", "log1p"]
-NormLayer = Literal["group", "batch", "none"]
+NormLayer = Literal["group", "batch", "layer", "none"]
+MergeWeights = Literal["support", "probe"]
 LossName = Literal["poisson", "mae"]
 Scheduler = Literal["constant", "plateau", "cosine"]
 
@@ -61,7 +62,8 @@ class ModelConfig:
     input_transform : str
         Compression of the normalised amplitudes before the first convolution.
     norm_layer : str
-        Normalisation after each convolution: GroupNorm, BatchNorm or none.
+        Normalisation after each convolution: ``group`` (GroupNorm), ``batch`` (BatchNorm),
+        ``layer`` (LayerNorm over the channels of each pixel) or ``none``.
     architecture : str
         ``ptychopinn``: the encoder and two decoders of PtychoPINN. ``backprop_unet``: the
         measured amplitudes are propagated back to the sample with the probe's far-field
@@ -71,6 +73,10 @@ class ModelConfig:
         weights, a single-pattern network) instead of on the group's patterns as channels.
         The group still shares one merged object in the loss (the overlap constraint), and
         each pattern's patch no longer depends on which group it is predicted in.
+    merge_weights : str
+        At gridsize > 1, how the patches of a group are weighted when they are merged into
+        the shared object of the loss: ``probe`` (the support times the probe amplitude, as
+        inference stitches them) or ``support`` (flat; the weighting before this option).
     """
 
     N: int = 64
@@ -87,6 +93,7 @@ class ModelConfig:
     norm_layer: NormLayer = "batch"
     architecture: Architecture = "ptychopinn"
     per_pattern: bool = False
+    merge_weights: MergeWeights = "probe"
 
     def __post_init__(self) -> None:
         if not isinstance(self.N, int) or self.N < 32 or self.N > 256 or self.N & (self.N - 1):
@@ -103,8 +110,9 @@ class ModelConfig:
         _check_choice("amp_activation", self.amp_activation, ("softplus", "sigmoid", "exp", "relu"))
         _check_choice("mode", self.mode, ("unsupervised", "supervised"))
         _check_choice("input_transform", self.input_transform, ("none", "sqrt", "log1p"))
-        _check_choice("norm_layer", self.norm_layer, ("group", "batch", "none"))
+        _check_choice("norm_layer", self.norm_layer, ("group", "batch", "layer", "none"))
         _check_choice("architecture", self.architecture, ("ptychopinn", "backprop_unet"))
+        _check_choice("merge_weights", self.merge_weights, ("support", "probe"))
         if not 0.0 < self.object_support_fraction <= 1.0:
             raise ConfigError(
                 f"object_support_fraction: expected in (0, 1], got {self.object_support_fraction!r}"
@@ -135,12 +143,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation, data selection and hardware."""
+    """Optimisation, data selection and hardware.
+
+    The learning rate follows ``scheduler`` per optimiser step: ``constant``; ``cosine``,
+    annealed to zero over the run; or ``plateau``, halved after 3 epochs without
+    improvement. With ``warmup_fraction`` > 0 it first rises linearly from zero over that
+    fraction of the steps (constant and cosine). Adam runs with ``betas = (0.9, adam_beta2)``.
+    """
 
     max_epochs: int = 50
     batch_size: int = 16
     learning_rate: float = 1e-3
     scheduler: Scheduler = "constant"
+    warmup_fraction: float = 0.0
+    adam_beta2: float = 0.999
     loss: LossName = "poisson"
     nphotons: float | None = None
     n_groups: int | None = None
@@ -166,6 +182,14 @@ class TrainingConfig:
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: expected > 0, got {self.learning_rate!r}")
         _check_choice("scheduler", self.scheduler, ("constant", "plateau", "cosine"))
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"warmup_fraction: expected in [0, 1), got {self.warmup_fraction!r}")
+        if self.warmup_fraction > 0 and self.scheduler == "plateau":
+            raise ConfigError(
+                "warmup_fraction: a warmup needs scheduler 'constant' or 'cosine', got 'plateau'"
+            )
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise ConfigError(f"adam_beta2: expected in (0, 1), got {self.adam_beta2!r}")
         _check_choice("loss", self.loss, ("poisson", "mae"))
         _check_choice("logger", self.logger, ("csv", "tensorboard", "mlflow", "none"))
         _check_choice("diffraction_units", self.diffraction_units, ("auto", "amplitude", "counts"))

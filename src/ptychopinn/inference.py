@@ -21,7 +21,12 @@ from ptychopinn.io.npz import write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_THRESHOLD, output_variation
-from ptychopinn.physics.functional import SHIFT_MARGIN_PX, object_nll, square_support
+from ptychopinn.physics.functional import (
+    SHIFT_MARGIN_PX,
+    object_nll,
+    patch_weights,
+    square_support,
+)
 from ptychopinn.stitching import CanvasGeometry, Stitcher, hilbert_order
 
 logger = logging.getLogger(__name__)
@@ -159,12 +164,7 @@ def stitch_weights(bundle: Bundle, kind: StitchWeights = "support") -> torch.Ten
         )
     m = bundle.config.model
     support = square_support(m.N, m.support_px) if not m.probe_big else torch.ones(m.N, m.N)
-    if kind != "support":
-        intensity = bundle.probe.abs().square().sum(0).cpu()
-        if float(intensity.max()) > 0:
-            weight = intensity / intensity.max()
-            return support * (weight.sqrt() if kind == "probe" else weight)
-    return support
+    return patch_weights(support, bundle.probe.cpu(), kind)
 
 
 def support_window(bundle: Bundle) -> slice:

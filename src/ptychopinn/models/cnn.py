@@ -21,14 +21,44 @@ from ptychopinn.models.base import ObjectNetwork
 
 
 def conv_block(in_ch: int, out_ch: int, norm: str, stride: int = 1) -> nn.Sequential:
-    """3x3 convolution, optional GroupNorm/BatchNorm, GELU."""
+    """3x3 convolution, optional normalisation (GroupNorm, BatchNorm or ChannelLayerNorm), GELU."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)]
     if norm == "group":
         layers.append(nn.GroupNorm(_groups(out_ch), out_ch))
     elif norm == "batch":
         layers.append(nn.BatchNorm2d(out_ch))
+    elif norm == "layer":
+        layers.append(ChannelLayerNorm(out_ch))
     layers.append(nn.GELU())
     return nn.Sequential(*layers)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel, with a per-channel scale and shift.
+
+    Each sample and pixel is normalised on its own (ConvNeXt's LayerNorm for images), so the
+    network computes the same in training and in evaluation, whatever else is in the batch.
+    On a channels-last tensor the permutation is free and the normalisation is one pass over
+    contiguous memory; GroupNorm, which also normalises per sample, has a slow CPU backward.
+
+    Shapes
+    ------
+    input, output : (B, C, H, W)
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        # statistics in float32 under bf16 autocast too: safer, and on a CPU faster than
+        # torch's bfloat16 kernel for a few channels (16 channels: 0.8 against 1.4 ms per
+        # forward and backward of 18 patterns at 32 x 32)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.layer_norm(
+                x.permute(0, 2, 3, 1).float(),
+                self.normalized_shape,
+                self.weight,
+                self.bias,
+                self.eps,
+            )
+        return y.to(x.dtype).permute(0, 3, 1, 2)
 
 
 def _groups(channels: int) -> int:

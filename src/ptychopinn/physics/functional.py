@@ -206,6 +206,33 @@ def merge_patches(
     return canvas, torch.where(covered, denominator, torch.zeros_like(denominator))
 
 
+def patch_weights(support: Tensor, probe: Tensor, kind: str) -> Tensor:
+    """Per-pixel weight (n, n) of a patch when patches are merged: flat, or the probe on it.
+
+    ``"support"``: the support itself. ``"probe"``: the support times the probe amplitude
+    ``|P|`` (all modes, normalised to a maximum of 1); ``"intensity"``: times ``|P|**2``. A
+    probe that is all zeros (a module built before its state is loaded) gives the support.
+
+    Shapes
+    ------
+    support : (n, n) 0/1
+    probe : (P, n, n) complex
+    returns (n, n) float
+
+    >>> probe = torch.ones(1, 4, 4, dtype=torch.complex64); probe[0, 0, 0] = 0.5
+    >>> patch_weights(torch.ones(4, 4), probe, "intensity")[0, :2].tolist()
+    [0.25, 1.0]
+    """
+    if kind == "support":
+        return support
+    intensity = probe.detach().abs().square().sum(0).to(support.dtype)
+    peak = float(intensity.max())
+    if peak <= 0:
+        return support
+    weight = intensity / peak
+    return support * (weight.sqrt() if kind == "probe" else weight)
+
+
 def illuminate(probe: Tensor, patches: Tensor) -> Tensor:
     """Exit waves of every probe mode.
 
