@@ -12,7 +12,8 @@ self-supervised on A, then scores against ground truth with the SPEC §8 metrics
 
 Usage::
 
-    python benchmarks/quality.py --out benchmarks/results/quality.json [--quick] [--device auto]
+    python benchmarks/quality.py --out benchmarks/results/quality.json [--quick] [--accelerator auto]
+    python benchmarks/quality.py --preset overlap ...   # the network of `train --preset overlap`
 """
 
 from __future__ import annotations

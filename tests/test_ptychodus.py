@@ -427,6 +427,21 @@ def test_every_keyword_ptychodus_builds_is_accepted_and_mapped(caplog):
     assert t.strategy == "auto" and t.devices == 1  # ddp_spawn on one device runs in-process
 
 
+def test_warmup_epochs_become_the_warmup_fraction_and_back():
+    """Ptychodus's ``warmup_epochs`` takes effect: the same share of the run warms up."""
+    from ptycho_torch.api.base_api import ConfigManager
+    from ptycho_torch.api.configs import facade_configs
+    from ptycho_torch.config_params import TrainingConfig
+    from ptychopinn.errors import ConfigError
+
+    training = TrainingConfig(epochs=20, warmup_epochs=2, scheduler="Cosine", device="cpu")
+    config = ConfigManager(training_config=training).to_config(n=64)
+    assert (config.training.warmup_fraction, config.training.scheduler) == (0.1, "cosine")
+    assert facade_configs(config)[2].warmup_epochs == 2
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        ConfigManager(training_config=TrainingConfig(epochs=5, warmup_epochs=5)).to_config(n=64)
+
+
 def test_checkpoint_and_bundle_both_load_as_model_ckpt(tmp_path):
     """model.ckpt may be our Lightning checkpoint or a bundle; both load without pickle."""
     import torch

@@ -276,8 +276,9 @@ class TrainingConfig(_Facade):
     Effective: ``epochs``, ``batch_size``, ``learning_rate``, ``n_devices``, ``num_workers``,
     ``device`` (``'cuda'`` without a GPU falls back to the CPU with a warning), ``strategy``
     (``'ddp_spawn'``/``'ddp'`` on one device run in-process), ``scheduler`` (``'Default'`` =
-    constant, ``'Cosine'``; ``'Exponential'`` has no ptychopinn counterpart: constant), ``nll``
-    (False selects the amplitude MAE loss). ``framework``, ``orchestrator``, ``notes`` and
+    constant, ``'Cosine'``; ``'Exponential'`` has no ptychopinn counterpart: constant),
+    ``warmup_epochs`` (a linear rise of the learning rate over that many of the ``epochs``),
+    ``nll`` (False selects the amplitude MAE loss). ``framework``, ``orchestrator``, ``notes`` and
     ``model_name`` are labels.
     """
 
@@ -322,7 +323,6 @@ class TrainingConfig(_Facade):
         "epochs_fine_tune",
         "fine_tune_gamma",
         "gradient_clip_val",
-        "warmup_epochs",
         "min_lr_ratio",
         "enable_staged_finetuning",
         "finetune_stage1_epochs",
@@ -353,6 +353,17 @@ class TrainingConfig(_Facade):
                 "TrainingConfig.scheduler='Exponential' has no ptychopinn counterpart: constant"
             )
         self._report_inert()
+
+    @property
+    def core_warmup_fraction(self) -> float:
+        """``warmup_epochs`` as the fraction of the run that ptychopinn's config counts."""
+        epochs, warmup = int(self.epochs), int(self.warmup_epochs)
+        if not 0 <= warmup < max(epochs, 1):
+            raise ConfigError(
+                f"TrainingConfig.warmup_epochs: expected from 0 to below epochs = {epochs}, "
+                f"got {warmup}"
+            )
+        return warmup / epochs if warmup else 0.0
 
     @property
     def core_scheduler(self) -> str:

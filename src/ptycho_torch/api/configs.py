@@ -113,6 +113,7 @@ class ConfigManager:
             batch_size=int(t.batch_size),
             learning_rate=float(t.learning_rate),
             scheduler=t.core_scheduler,  # type: ignore[arg-type]
+            warmup_fraction=t.core_warmup_fraction,
             loss="mae" if m.core_loss == "mae" or not t.nll else "poisson",
             seed=int(t.seed),
             accelerator=accelerator,
@@ -179,6 +180,7 @@ def facade_configs(
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,
         scheduler="Cosine" if t.scheduler == "cosine" else "Default",
+        warmup_epochs=round(t.warmup_fraction * t.max_epochs),
         device="cuda" if t.accelerator in ("gpu", "cuda") else t.accelerator,
         num_workers=t.num_workers,
         strategy=t.strategy,
