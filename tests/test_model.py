@@ -78,6 +78,13 @@ def test_channel_layer_norm_normalises_each_pixel_of_each_sample_on_its_own():
     torch.testing.assert_close(y.mean(dim=1), torch.zeros(3, 5, 6), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(dim=1, unbiased=False), torch.ones(3, 5, 6), atol=1e-3, rtol=0)
     torch.testing.assert_close(norm(x.contiguous(memory_format=torch.channels_last)), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 statistics, the input's dtype out
+        low = norm(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), y, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(
+        norm.to(torch.bfloat16)(x.bfloat16()).float(), y, atol=0.05, rtol=0.02
+    )
     config = ModelConfig(N=32, n_filters_scale=0.25, stem_stride=2, architecture="backprop_unet")
     torch.manual_seed(0)
     net = build_network(dataclasses.replace(config, norm_layer="layer")).train()
