@@ -192,12 +192,13 @@ def main() -> None:
     )
     p.add_argument("--objects", nargs="+", default=["lines", "grf", "image"])
     p.add_argument("--photons", nargs="+", type=float, default=[1e6, 1e4])
-    preset = TRAIN_PRESETS.get(p.parse_known_args()[0].preset or "")
+    given = p.parse_known_args()[0]  # the preset's values become defaults, flags still win
+    preset = TRAIN_PRESETS.get(given.preset or "")
     if preset:
         names = {"max_epochs": "epochs", "learning_rate": "lr"}
         values = {**preset["model"], **preset["training"]}
         p.set_defaults(**{names.get(k, k): v for k, v in values.items() if k != "scheduler"})
-        if native_bf16(p.parse_known_args()[0].accelerator):
+        if native_bf16(given.accelerator):
             p.set_defaults(precision="bf16-mixed")
     args = p.parse_args()
     if args.quick:

@@ -58,13 +58,9 @@ class ForwardModel(nn.Module):
 
     @classmethod
     def from_raw_probe(
-        cls,
-        probe: Tensor,
-        support: Tensor,
-        probe_mask: bool = False,
-        merge_weights: MergeWeights = "support",
+        cls, probe: Tensor, support: Tensor, probe_mask: bool = False
     ) -> ForwardModel:
-        return cls(normalize_probe(probe.to(torch.complex64)), support, probe_mask, merge_weights)
+        return cls(normalize_probe(probe.to(torch.complex64)), support, probe_mask)
 
     def merge_group(self, patches: Tensor, offsets_px: Tensor) -> Tensor:
         """Merge then re-extract the patches of each group.

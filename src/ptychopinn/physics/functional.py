@@ -226,11 +226,9 @@ def patch_weights(support: Tensor, probe: Tensor, kind: str) -> Tensor:
     if kind == "support":
         return support
     intensity = probe.detach().abs().square().sum(0).to(support.dtype)
-    peak = float(intensity.max())
-    if peak <= 0:
-        return support
-    weight = intensity / peak
-    return support * (weight.sqrt() if kind == "probe" else weight)
+    peak = intensity.amax()  # stays on the device: training calls this every step
+    weight = intensity / peak.clamp_min(torch.finfo(intensity.dtype).tiny)
+    return torch.where(peak > 0, support * (weight.sqrt() if kind == "probe" else weight), support)
 
 
 def illuminate(probe: Tensor, patches: Tensor) -> Tensor:

@@ -18,7 +18,12 @@ from ptychopinn.models import build_network
 from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS, COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.forward import ForwardModel
-from ptychopinn.physics.functional import amplitude_mae, poisson_nll, square_support
+from ptychopinn.physics.functional import (
+    amplitude_mae,
+    normalize_probe,
+    poisson_nll,
+    square_support,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +57,10 @@ class PtychoPINNModule(L.LightningModule):
         self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         support = square_support(m.N, m.support_px)
         if probe is None:  # restored from a checkpoint: the state dict fills it
-            self.physics = ForwardModel(
-                torch.zeros(n_probe_modes, m.N, m.N, dtype=torch.complex64),
-                support,
-                merge_weights=m.merge_weights,
-            )
+            initial = torch.zeros(n_probe_modes, m.N, m.N, dtype=torch.complex64)
         else:
-            self.physics = ForwardModel.from_raw_probe(
-                probe, support, m.probe_mask, m.merge_weights
-            )
+            initial = normalize_probe(probe.to(torch.complex64))
+        self.physics = ForwardModel(initial, support, m.probe_mask, m.merge_weights)
         self._epoch_start = 0.0
         self._epoch_patterns = 0
 
