@@ -5,10 +5,10 @@ For each object class and dose, on one machine and with the same number of torch
 1. simulates a scan (N = 64, known probe, known positions) with
    :func:`ptychopinn.data.simulate.simulate_scan` and checks that pty-chi's forward model,
    given the true object, reproduces the simulated intensities (``forward_check``);
-2. trains ptychopinn's CPU network (``commands.CPU_PRESET``, the physics-informed U-Net)
+2. trains ptychopinn's default recipe (the physics-informed U-Net, overlap-constrained)
    self-supervised on that scan (``training_s``, a one-off cost per instrument and sample
    type), then times ``python -m ptychopinn.cli infer`` end to end as a fresh process and
-   scores its output against the ground truth (SPEC section 8: scanned region, sub-pixel
+   scores its output against the ground truth (the evaluation of docs/physics.md: scanned region, sub-pixel
    registration, global phase and phase ramp removed);
 3. runs ptychopinn's likelihood refinement (:func:`ptychopinn.refinement.refine`) from the
    network's reconstruction and from a flat object, scoring after every pass;
@@ -59,13 +59,12 @@ from run import describe_machine as describe_speed_machine  # noqa: E402
 
 import ptychopinn
 from ptychopinn import workflows as pp
-from ptychopinn.commands import CPU_PRESET
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
 from ptychopinn.data.simulate import simulate_scan
-from ptychopinn.inference import Reconstruction
 from ptychopinn.io.npz import scan_to_arrays, write_npz
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import extract_patches, far_field_amplitude
+from ptychopinn.reconstruction import Reconstruction
 from ptychopinn.refinement import RefineOptions, refine
 
 N = 64
@@ -254,7 +253,7 @@ def on_object_grid(obj: np.ndarray, scan: ScanData) -> Reconstruction:
         origin_px=(0, 0),
         coverage=np.ones(obj.shape, dtype=np.float32),
         positions_px=scan.positions_px,
-        metadata={"N": scan.N},
+        N=scan.N,
     )
 
 
@@ -262,12 +261,9 @@ def train_network(
     scan: ScanData, args: argparse.Namespace, device: str, run_dir: Path
 ) -> dict[str, Any]:
     config = Config(
-        model=ModelConfig(N=N, gridsize=1, **CPU_PRESET),
+        model=ModelConfig(N=N),  # the default recipe
         training=TrainingConfig(
             max_epochs=args.epochs,
-            batch_size=16,
-            learning_rate=2e-3,
-            scheduler="cosine",
             logger="none",
             accelerator="gpu" if device == "cuda" else "cpu",
         ),

@@ -52,14 +52,14 @@ except ImportError:  # a checkout without an install
 sys.path.insert(0, str(HERE))
 from speed_workers import PHOTONS, measure_matmul, peak_memory_mb  # noqa: E402
 
-from ptychopinn.commands import CPU_PRESET  # noqa: E402
-
-#: Networks (ModelConfig keywords): the PtychoPINN CNN at three sizes and the CPU preset.
+#: Networks (ModelConfig keywords): the PtychoPINN CNN at three sizes and the default network
+#: (the physics-informed U-Net on its window); one pattern per input and per training group.
+_CNN = {"architecture": "ptychopinn", "overlap_grid": 1, "overlap_stride": 1}
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"n_filters_scale": 2.0, "stem_stride": 1},
-    "cheap": {"n_filters_scale": 1.0, "stem_stride": 2},
-    "tiny": {"n_filters_scale": 0.5, "stem_stride": 2},
-    "unet": CPU_PRESET,
+    "default": {**_CNN, "n_filters_scale": 2.0, "stem_stride": 1},
+    "cheap": {**_CNN, "n_filters_scale": 1.0, "stem_stride": 2},
+    "tiny": {**_CNN, "n_filters_scale": 0.5, "stem_stride": 2},
+    "unet": {"overlap_grid": 1, "overlap_stride": 1},
 }
 
 #: Measurements: predict-only, reconstruct(), ptychopinn infer, its profile, training
@@ -102,14 +102,14 @@ PROFILE_FUNCTIONS = {
     ("ptychopinn/workflows.py", "read_scan"): "read_scan",
     ("ptychopinn/inference.py", "reconstruct"): "reconstruct",
     ("ptychopinn/inference.py", "predict_patches"): "predict_patches",
-    ("ptychopinn/stitching.py", "synchronize_phases"): "synchronize_phases",
-    ("ptychopinn/stitching.py", "add"): "stitch_add",
-    ("ptychopinn/stitching.py", "result"): "stitch_result",
+    ("ptychopinn/stitching/phase_sync.py", "synchronize_phases"): "synchronize_phases",
+    ("ptychopinn/stitching/canvas.py", "add"): "stitch_add",
+    ("ptychopinn/stitching/canvas.py", "result"): "stitch_result",
     ("ptychopinn/data/dataset.py", "__init__"): "dataset_init",
-    ("ptychopinn/inference.py", "save"): "save",
+    ("ptychopinn/reconstruction.py", "save"): "save",
     ("ptychopinn/io/npz.py", "write_npz"): "write_npz",
-    ("ptychopinn/inference.py", "save_image"): "write_png",
-    ("ptychopinn/commands.py", "write_metrics"): "write_metrics",
+    ("ptychopinn/io/images.py", "save_image"): "write_png",
+    ("ptychopinn/workflows.py", "write_metrics"): "write_metrics",
 }
 
 
@@ -452,17 +452,14 @@ def save_untrained_bundle(n: int, preset: str, scan: Any, work: Path) -> Path:
     from ptychopinn.config import Config, ModelConfig
     from ptychopinn.data.dataset import Normalization
     from ptychopinn.models import build_network
-    from ptychopinn.physics.forward import ForwardModel
-    from ptychopinn.physics.functional import square_support
+    from ptychopinn.physics.functional import normalize_probe
 
     model = ModelConfig(N=n, **PRESETS[preset])
     torch.manual_seed(0)
     net = build_network(model)
-    physics = ForwardModel.from_raw_probe(
-        torch.from_numpy(scan.probe), square_support(n, model.support_px), model.probe_mask
-    )
+    probe = normalize_probe(torch.from_numpy(scan.probe).to(torch.complex64))
     path = work / f"bundle_N{n}_{preset}.zip"
-    save_bundle(path, Config(model=model), Normalization.from_scan(scan), net, physics.probe)
+    save_bundle(path, Config(model=model), Normalization.from_scan(scan), net, probe)
     return path
 
 

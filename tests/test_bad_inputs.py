@@ -5,7 +5,7 @@ dropped keys, wrong ranks and shapes, mismatched counts, NaN/Inf, negative value
 empty arrays, complex/real swaps, zero sizes, foreign dtypes, object arrays, values
 beyond float32, truncated and corrupted bytes of valid files, forged .npy headers -
 must either give a valid :class:`ScanData` or raise :class:`DataError` naming the
-file; never another exception. Inputs that are invalid by SPEC §4.1 must raise.
+file; never another exception. Inputs that are invalid as scan NPZs (docs/data_format.md) must raise.
 
 Command-line part (``slow``, subprocesses): a hand-made corpus through
 ``ptychopinn check``, ``train`` and ``infer``: exit status 2, one stderr line naming
@@ -75,7 +75,7 @@ def report_count(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def valid_arrays(optional: bool = True, float_diffraction: bool = False) -> dict[str, Any]:
-    """A valid SPEC §4.1 scan: M patterns of N x N, patches well inside the object."""
+    """A valid scan: M patterns of N x N, patches well inside the object."""
     rng = np.random.default_rng(0)
     counts = rng.poisson(5.0, size=(M, N, N))
     arrays: dict[str, Any] = {
@@ -99,7 +99,7 @@ def valid_arrays(optional: bool = True, float_diffraction: bool = False) -> dict
 
 
 def valid_shapes(key: str, shape: tuple[int, ...]) -> bool:
-    """SPEC §4.1 shapes for the fixed M, N of :func:`valid_arrays` (object: patches on it)."""
+    """scan NPZ shapes for the fixed M, N of :func:`valid_arrays` (object: patches on it)."""
     if key == "diffraction":
         return shape in ((M, N, N), (N, N, M))  # the second is the legacy (H, W, M) layout
     if key in ("xcoords", "ycoords", "xcoords_start", "ycoords_start", "scan_index"):
@@ -345,14 +345,28 @@ def test_scan_from_arrays_with_python_values(data: st.DataObject) -> None:
     """Readers other than NPZ hand Python values to the same validation: DataError only."""
     arrays = valid_arrays(optional=data.draw(st.booleans(), label="optional keys"))
     key = data.draw(st.sampled_from(sorted(arrays)), label="key")
-    arrays[key] = data.draw(_PY_VALUES, label="value")
+    value = data.draw(_PY_VALUES, label="value")
+    arrays[key] = value
     kind = "python value in memory"
     try:
-        scan_from_arrays(arrays, "<memory>")
+        scan = scan_from_arrays(arrays, "<memory>")
     except DataError:
         TRIED[f"{kind} -> DataError"] += 1
         return
     TRIED[f"{kind} -> accepted"] += 1
+    # accepted only when the value means what a valid one would: an optional key left out
+    # (None), or numbers of the shape and kind the key needs, read back unchanged
+    if value is None:
+        assert key in OPTIONAL, f"{key}=None accepted for a required key"
+        return
+    given = np.asarray(value)
+    assert given.dtype.kind in "iufcb" and np.all(np.isfinite(given)), (key, value)
+    expected_ndim = {"diffraction": 3, "Y": 3, "probeGuess": 2, "objectGuess": 2, "bad_pixels": 2}
+    assert given.ndim == expected_ndim.get(key, 1), (key, value)
+    assert (
+        given.shape[0] == (N if key in ("probeGuess", "bad_pixels") else M) or key == "objectGuess"
+    ), (key, value)
+    assert scan.n_patterns == M
 
 
 def _valid_bytes(compressed: bool) -> bytes:
@@ -402,7 +416,13 @@ def test_corrupted_bytes_raise_data_error(
         raw[min(position, len(raw) - 1)] = value
     path = work / "corrupted.npz"
     path.write_bytes(bytes(raw))
-    read_outcome(path, "corrupted bytes")
+    outcome = read_outcome(path, "corrupted bytes")
+    if isinstance(outcome, ScanData):  # accepted: only when the data are what was written
+        original = valid_arrays()
+        np.testing.assert_array_equal(np.asarray(outcome.diffraction), original["diffraction"])
+        np.testing.assert_array_equal(outcome.positions_px[:, 1], original["xcoords"])
+        np.testing.assert_array_equal(outcome.positions_px[:, 0], original["ycoords"])
+        np.testing.assert_array_equal(outcome.probe[0], original["probeGuess"])
 
 
 def _npz_with_member(path: Path, name: str, member: bytes, base: dict[str, Any]) -> Path:
@@ -587,7 +607,9 @@ def bundle_dir(work: Path) -> Path:
     from ptychopinn.models.cnn import PtychoPINNNet
 
     torch.manual_seed(0)
-    config = Config(model=ModelConfig(N=32, stem_stride=2, n_filters_scale=0.25))
+    config = Config(
+        model=ModelConfig(N=32, stem_stride=2, n_filters_scale=0.25, architecture="ptychopinn")
+    )
     probe = torch.ones(1, 32, 32, dtype=torch.complex64)
     norm = Normalization(N=32, amplitude_factor=0.1, nphotons=1e5, probe_power=1024.0)
     run = work / "RUN"
@@ -718,7 +740,7 @@ def test_cli_refuses_bad_files_in_subprocesses(
 
 # -- HDF5 (Ptychodus product + diffraction pair), when a reader exists -------------------------
 def _write_ptychodus_pair(d: Path, **overrides: Any) -> Path:
-    """A Ptychodus 1.7 ``product.h5`` + ``diffraction.h5`` pair (SPEC §4.2); overrides by name."""
+    """A Ptychodus 1.7 ``product.h5`` + ``diffraction.h5`` pair; overrides by name."""
     import h5py
 
     d.mkdir(parents=True, exist_ok=True)

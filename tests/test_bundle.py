@@ -1,4 +1,4 @@
-"""The wts.h5.zip bundle: identity through a fresh process, and every refusal of SPEC §6."""
+"""The wts.h5.zip bundle: identity through a fresh process, and every refusal of docs/data_format.md."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from ptychopinn.models.cnn import PtychoPINNNet
 
 def _bundle(tmp_path, gridsize=1, name="wts.h5.zip"):
     torch.manual_seed(0)
-    config = Config(model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=0.25))
+    config = Config(
+        model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=0.25, architecture="ptychopinn")
+    )
     net = PtychoPINNNet(config.model)
     probe = torch.polar(torch.rand(2, 32, 32), torch.rand(2, 32, 32))
     norm = Normalization(N=32, amplitude_factor=0.1, nphotons=1e5, probe_power=3.0)

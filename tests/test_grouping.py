@@ -86,10 +86,10 @@ def test_training_groups_that_leave_patterns_out_are_reported(caplog):
 
     scan = simulate_scan(n=32, n_positions=64, photons_per_pattern=1e5, seed=0)
 
-    def setup(gridsize: int, n_groups: int | None) -> list[str]:
+    def setup(overlap_grid: int, n_groups: int | None, val_fraction: float = 0.0) -> list[str]:
         config = Config(
-            model=ModelConfig(N=32, gridsize=gridsize),
-            training=TrainingConfig(n_groups=n_groups, val_fraction=0.0),
+            model=ModelConfig(N=32, overlap_grid=overlap_grid),
+            training=TrainingConfig(n_groups=n_groups, val_fraction=val_fraction),
         )
         caplog.clear()
         with caplog.at_level("INFO", logger="ptychopinn.data.datamodule"):
@@ -98,8 +98,12 @@ def test_training_groups_that_leave_patterns_out_are_reported(caplog):
 
     (message,) = setup(3, 4)  # 4 groups of 9 hold at most 36 of the 64 patterns
     held = int(message.split(" hold ")[1].split()[0])
-    assert message.startswith("WARNING the 4 training groups hold") and held <= 36
-    assert f"the other {64 - held}" in message
+    assert message.startswith("INFO the 4 training groups hold") and held <= 36
+    assert f"the other {64 - held}" in message and "--n_groups 4" in message
     assert setup(3, None) == []  # every pattern seeds a group
-    (subset,) = setup(1, 16)  # at gridsize 1 a subset is the user's choice
+    (subset,) = setup(1, 16)  # one pattern per group: a subset is the user's choice
     assert subset.startswith("INFO the 16 training groups hold 16 of the 64 patterns")
+    # the validation split is named as the cause, and warned about
+    (split,) = setup(1, None, val_fraction=0.1)
+    assert split.startswith("WARNING the 58 training groups hold 58 of the 64 patterns")
+    assert "validation split holds out 6 groups" in split and "--n_groups" not in split

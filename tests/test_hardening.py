@@ -39,15 +39,20 @@ from ptychopinn.training.callbacks import (
 )
 from ptychopinn.training.module import PtychoPINNModule
 
-CHEAP_MODEL = {"stem_stride": 2, "n_filters_scale": 0.25}
+CHEAP_MODEL = {"stem_stride": 2, "n_filters_scale": 0.25, "overlap_grid": 1}
 N_GROUPS, BATCH = 32, 16  # 30 training groups = 2 steps per epoch, 2 validation groups
+CHEAP_TRAINING = {"groups_per_epoch": N_GROUPS - 2}
 
 
 def tiny_config(max_epochs: int = 2, **training: Any) -> Config:
     return Config(
         model=ModelConfig(N=32, **CHEAP_MODEL),
         training=TrainingConfig(
-            max_epochs=max_epochs, n_groups=N_GROUPS, batch_size=BATCH, logger="none", **training
+            max_epochs=max_epochs,
+            n_groups=N_GROUPS,
+            batch_size=BATCH,
+            logger="none",
+            **{**CHEAP_TRAINING, **training},
         ),
     )
 
@@ -57,7 +62,7 @@ def scan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("hardening")
     scan = simulate_scan(n=32, n_positions=64, photons_per_pattern=1e5, seed=0)
     write_scan_npz(d / "scan.npz", scan)
-    (d / "cheap.json").write_text(json.dumps({"model": CHEAP_MODEL}))
+    (d / "cheap.json").write_text(json.dumps({"model": CHEAP_MODEL, "training": CHEAP_TRAINING}))
     return d / "scan.npz"
 
 
@@ -202,7 +207,8 @@ def test_non_finite_weights_are_never_checkpointed(scan: ScanData, tmp_path: Pat
     module = trainer.lightning_module
     assert isinstance(module, PtychoPINNModule)
     with torch.no_grad():
-        next(module.net.parameters()).view(-1)[0] = float("inf")
+        weight = next(module.net.parameters())
+        weight[(0,) * weight.ndim] = float("inf")
     with pytest.raises(NonFiniteLossError, match="weights are NaN or Inf"):
         trainer.save_checkpoint(tmp_path / "checkpoints" / "after.ckpt")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [

@@ -150,7 +150,7 @@ def test_scandata_subset_and_take_order():
 def test_reconstruction_pngs_keep_every_pixel_and_state_their_range(tmp_path):
     from PIL import Image
 
-    from ptychopinn.inference import save_image
+    from ptychopinn.io.images import save_image
 
     image = np.linspace(-1.0, 2.0, 60 * 80).reshape(60, 80)
     save_image(tmp_path / "reconstructed_phase.png", image, "twilight")

@@ -215,6 +215,7 @@ def test_product_round_trip_ptychodus_ptychopinn_ptychodus(tmp_path):
         origin_px=(5, 4),
         coverage=np.ones((1, 1), np.float32),
         positions_px=read.positions_px,
+        N=N,
     )
     out = ptychodus_files.write_product(
         tmp_path / "out" / "product.h5", rec, tmp_path / "product.h5", scan=read
@@ -415,15 +416,12 @@ def test_every_keyword_ptychodus_builds_is_accepted_and_mapped(caplog):
     assert "cbam_encoder=False" in caplog.text
     assert "DataConfig.N = 128" in caplog.text  # the data decide N
     m, t = config.model, config.training
-    assert (m.N, m.gridsize, m.mode, m.probe_big, m.amp_activation) == (
-        64,
-        2,
-        "unsupervised",
-        True,
-        "softplus",
-    )
+    # gridsize keeps its upstream meaning (channels); Ptychodus's filter scale 2 is upstream's
+    # standard network, which is ptychopinn's standard 1; the rest is the default recipe
+    assert (m.N, m.gridsize, m.mode, m.amp_activation) == (64, 2, "unsupervised", "softplus")
+    assert (m.n_filters_scale, m.overlap_grid, m.architecture) == (1.0, 3, "backprop_unet")
     assert (t.max_epochs, t.batch_size, t.learning_rate, t.num_workers) == (50, 16, 1e-3, 4)
-    assert (t.loss, t.scheduler, t.diffraction_units) == ("poisson", "constant", "counts")
+    assert (t.loss, t.scheduler, t.warmup_fraction) == ("poisson", "cosine", 0.06)
     assert t.strategy == "auto" and t.devices == 1  # ddp_spawn on one device runs in-process
 
 

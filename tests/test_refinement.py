@@ -40,7 +40,7 @@ def _truth_start(scan, norm, phase_error=None):
 
     ``phase_error`` (a function of the canvas shape) multiplies it by exp(i error).
     """
-    from ptychopinn.inference import Reconstruction
+    from ptychopinn.reconstruction import Reconstruction
     from ptychopinn.stitching import CanvasGeometry
 
     geometry = CanvasGeometry.covering(scan.positions_px, scan.N)
@@ -57,6 +57,7 @@ def _truth_start(scan, norm, phase_error=None):
         geometry.origin_px,
         np.ones(geometry.shape, np.float32),
         scan.positions_px,
+        N=scan.N,
     )
 
 
@@ -94,7 +95,9 @@ def test_collapsed_network_is_flagged_and_refinement_starts_flat(scan, caplog):
     from ptychopinn.models import build_network
     from ptychopinn.workflows import refine_reconstruction
 
-    config = Config(model=ModelConfig(N=32, n_filters_scale=0.25, stem_stride=2))
+    config = Config(
+        model=ModelConfig(N=32, n_filters_scale=0.25, stem_stride=2, architecture="ptychopinn")
+    )
     net = build_network(config.model)
     for decoder in (net.amplitude_decoder, net.phase_decoder):  # constant output
         torch.nn.init.zeros_(decoder.head.weight)
@@ -103,7 +106,7 @@ def test_collapsed_network_is_flagged_and_refinement_starts_flat(scan, caplog):
     bundle = Bundle(config, Normalization.from_scan(scan), net.eval(), probe, {})
     with caplog.at_level("WARNING"):
         rec = reconstruct(bundle, scan)
-    assert rec.metadata["collapsed"] and rec.metadata["output_variation"] < 1e-6
+    assert rec.collapsed and rec.metadata["output_variation"] < 1e-6
     assert "collapsed" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
@@ -186,14 +189,14 @@ def test_a_refined_start_keeps_its_large_scale_phase(scan):
     """Refining on from a refined reconstruction keeps its large-scale phase, which came from
     the overlaps (discarding it cost 0.03-0.06 phase SSIM after 20 more passes on the quality
     benchmark's GRF and image scans); a network's start loses it."""
-    import dataclasses
+    from ptychopinn.reconstruction import RefinementRecord
 
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))
     y, x = np.indices((200, 200))
     smooth = 1.5 * np.sin(2 * np.pi * (y + x) / 150)  # a large-scale phase, up to 1.5 rad
     network = _truth_start(scan, norm, lambda shape: smooth[: shape[0], : shape[1]])
-    refined = dataclasses.replace(network, metadata={"refine_passes": 100})
+    refined = network.replace(refinement=RefinementRecord("100", 100, "100 passes, as asked"))
     options = RefineOptions(n_iter=0, coarse_factor=0)  # the start as refinement takes it
     kept = refine(scan, probe, norm, refined, options)[0]
     dropped = refine(scan, probe, norm, network, options)[0]
@@ -231,3 +234,86 @@ def test_refinement_fills_what_the_start_left_uncovered(scan):
     # into the start's large-scale phase, which then no longer matched at the boundary
     assert _phase_ssim(start, scan) < 0.7
     assert _phase_ssim(rec, scan) > 0.96
+
+
+def test_refine_auto_keeps_the_start_when_the_data_cannot_improve_it(scan):
+    """Started at the truth, no pass makes the held-out patterns significantly more likely:
+    auto returns the start unchanged and says why."""
+    from ptychopinn.refinement import refine_auto
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    start = _truth_start(scan, norm)
+    options = RefineOptions(
+        n_iter=30, batch_size=16, object_lr=0.02, start_phase_sigma_px=0, min_passes=5, patience=5
+    )
+    rec, _, trace = refine_auto(scan, probe, norm, start, options)
+    assert rec.refinement.passes == 0 and "start" in rec.refinement.stop_reason
+    np.testing.assert_array_equal(rec.object, start.object)
+    assert len(trace.held_out) <= options.patience + 1  # it gave up after its patience
+
+
+def test_refine_auto_refines_a_poor_start_and_keeps_the_best_held_out_pass(scan):
+    """From a flat object there is much to gain: auto refines on all patterns while a twin
+    without the held-out ones decides, and keeps the all-pattern object of the pass where the
+    held-out patterns were likeliest: the object fixed passes reach with the same schedule."""
+    from ptychopinn.refinement import refine_auto
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    options = RefineOptions(n_iter=40, batch_size=16, anneal_start=0.0, patience=5)
+    rec, _, trace = refine_auto(scan, probe, norm, None, options)
+    r = rec.refinement
+    assert r.requested == "auto" and r.passes > 10 and r.start == "flat"
+    assert r.final_nll < r.network_nll
+    assert r.passes == int(np.argmin(trace.held_out)) + 1  # the best held-out pass is kept
+    fixed, _, _ = refine(scan, probe, norm, None, options)  # the same shuffles and schedule
+    if r.passes == options.n_iter:
+        np.testing.assert_allclose(rec.object, fixed.object, atol=1e-6)
+    assert _phase_ssim(rec, scan) > 0.5
+
+
+def test_bad_pixels_count_in_no_likelihood(scan):
+    """A hot pixel flagged in ``bad_pixels`` changes nothing: the network reads 0 there and
+    refinement, the phase choice's likelihood and training leave the pixel out."""
+    import dataclasses
+
+    from ptychopinn.inference import pattern_nll
+    from ptychopinn.stitching import CanvasGeometry
+    from ptychopinn.training.module import PtychoPINNModule
+
+    bad = np.zeros((scan.N, scan.N), bool)
+    bad[3, 5] = bad[20, 11] = True
+    flagged = dataclasses.replace(scan, bad_pixels=bad)
+    diffraction = np.asarray(scan.diffraction).copy()
+    diffraction[:, 3, 5] = 10**6  # hot, and flagged
+    hot = dataclasses.replace(scan, diffraction=diffraction, bad_pixels=bad)
+    np.testing.assert_array_equal(hot.amplitudes()[:, bad], 0)
+    np.testing.assert_array_equal(hot.amplitudes(), flagged.amplitudes())
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    options = RefineOptions(n_iter=3, batch_size=16)
+    a = refine(flagged, probe, norm, None, options)[0].object
+    b = refine(hot, probe, norm, None, options)[0].object
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = refine(scan, probe, norm, None, options)[0].object  # unflagged: the pixels count
+    assert not np.allclose(a, c, atol=1e-4)
+    geometry = CanvasGeometry.covering(scan.positions_px, scan.N)
+    obj = [torch.ones(geometry.shape, dtype=torch.complex64)]
+    index = np.arange(scan.n_patterns)
+    assert pattern_nll(obj, geometry, hot, index, probe, norm) == pattern_nll(
+        obj, geometry, flagged, index, probe, norm
+    )
+
+    config = {"model": {"N": scan.N, "n_filters_scale": 0.125}, "training": {}}
+    good = torch.from_numpy(flagged.good_pixels)
+    module = PtychoPINNModule(config, norm.to_dict(), probe=probe, good_pixels=good)
+    x = torch.rand(1, 9, scan.N, scan.N)
+    batch = {"amplitude": x, "offsets": torch.randn(1, 9, 2)}
+    other = {**batch, "amplitude": x.clone()}
+    other["amplitude"][..., 20, 11] = 50.0  # the measured value at a bad pixel
+    module.forward = lambda amplitude: module.__class__.forward(module, x)  # the same prediction
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):
+        losses = [module._common_step(b, "train") for b in (batch, other)]
+    assert torch.equal(losses[0], losses[1])

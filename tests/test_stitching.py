@@ -142,7 +142,7 @@ def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
     synchronising its patches then adds up their gradient errors, while arbitrary offsets need
     it. For such a model ``synchronize="auto"`` stitches both ways and keeps the one under
     which the measured patterns are more likely: here, always the one closer to the truth.
-    A per-pattern network sees one pattern at a time, so ``"auto"`` synchronises it."""
+    A gridsize-1 network sees one pattern at a time, so ``"auto"`` synchronises it."""
     from ptychopinn import workflows as pp
     from ptychopinn.bundle import Bundle
     from ptychopinn.config import Config, ModelConfig
@@ -183,8 +183,9 @@ def test_auto_phases_keep_the_stitching_the_patterns_prefer(error: str) -> None:
     # chunk by chunk (the patterns read again, 128 at a time, for the likelihood): same choice
     rec = reconstruct(bundle, scan, synchronize="auto", chunk_patterns=128)
     assert rec.metadata["phases"] == chosen["auto"] and rec.metadata["n_chunks"] > 1
-    # the same patches from a per-pattern network: synchronised, without comparing
-    bundle.config = Config(model=ModelConfig(N=n, gridsize=2, per_pattern=True))
+    # the same patches from a network that sees one pattern at a time: synchronised, without
+    # comparing
+    bundle.config = Config(model=ModelConfig(N=n, gridsize=1))
     rec = reconstruct(bundle, scan, synchronize="auto")
     assert rec.metadata["phases"] == "synchronised" and rec.metadata["phase_nll"] is None
     np.testing.assert_array_equal(rec.object, reconstruct(bundle, scan, synchronize="on").object)

@@ -39,7 +39,9 @@ SIM: dict[str, Any] = {
     "seed": 0,
 }
 CONFIG = Config(
-    model=ModelConfig(N=32, stem_stride=2, n_filters_scale=0.25),
+    model=ModelConfig(
+        N=32, stem_stride=2, n_filters_scale=0.25, architecture="ptychopinn", norm_layer="batch"
+    ),
     training=TrainingConfig(
         max_epochs=1, batch_size=16, logger="none", deterministic=True, learning_rate=0.002
     ),

@@ -156,13 +156,14 @@ _ACTIVATIONS = {
 class ModelConfig(_Facade):
     """The network (Ptychodus group ``PtychoPINNTorchModel``).
 
-    Effective: ``mode`` (``'Unsupervised'`` / ``'Supervised'``), ``probe_big``,
-    ``loss_function`` (``'Poisson'`` / ``'MAE'``), ``amp_activation`` (``'silu'`` -> softplus,
-    ``'sigmoid'``), ``n_filters_scale``, ``probe_mask`` (None/False = no mask, anything else =
-    ptychopinn's centred disk). ``C_model``, ``C_forward`` and ``decoder_last_amp_channels`` must equal
-    ``DataConfig.C``; ``object_big`` is what ptychopinn does at gridsize > 1. ``batch_norm`` has
-    no effect: ptychopinn's network always uses BatchNorm, its tested default (with GroupNorm
-    instead, 25 epochs on a 256-pattern scan did not train).
+    Effective: ``mode`` (``'Unsupervised'`` / ``'Supervised'``), ``loss_function``
+    (``'Poisson'`` / ``'MAE'``), ``amp_activation`` (``'silu'`` -> softplus, ``'sigmoid'``),
+    ``n_filters_scale`` (relative to upstream's standard 2, which is ptychopinn's standard
+    network), ``probe_mask`` (None/False = no mask, anything else = ptychopinn's centred disk).
+    ``C_model``, ``C_forward`` and ``decoder_last_amp_channels`` must equal ``DataConfig.C``;
+    ``object_big`` is what ptychopinn's overlap groups do. ``probe_big`` has no effect:
+    ptychopinn predicts each pattern's central object support, which the overlaps stitch
+    into the whole scan. ``batch_norm`` has no effect: the default recipe's LayerNorm is used.
     """
 
     mode: str = "Unsupervised"
@@ -201,6 +202,7 @@ class ModelConfig(_Facade):
 
     INERT: ClassVar[tuple[str, ...]] = (
         "object_big",
+        "probe_big",
         "batch_norm",
         "cbam_encoder",
         "use_shared_decoder",
@@ -260,7 +262,7 @@ class ModelConfig(_Facade):
 
 _DEVICES = {"cuda": "cuda", "gpu": "gpu", "cpu": "cpu", "mps": "mps", "auto": "auto"}
 _SCHEDULERS = {
-    "default": "constant",
+    "default": "cosine",  # Ptychodus's default: the default recipe's schedule
     "constant": "constant",
     "cosine": "cosine",
     "plateau": "plateau",
@@ -276,8 +278,9 @@ class TrainingConfig(_Facade):
     Effective: ``epochs``, ``batch_size``, ``learning_rate``, ``n_devices``, ``num_workers``,
     ``device`` (``'cuda'`` without a GPU falls back to the CPU with a warning), ``strategy``
     (``'ddp_spawn'``/``'ddp'`` on one device run in-process), ``scheduler`` (``'Default'`` =
-    constant, ``'Cosine'``; ``'Exponential'`` has no ptychopinn counterpart: constant),
-    ``warmup_epochs`` (a linear rise of the learning rate over that many of the ``epochs``),
+    the default recipe's cosine, ``'Cosine'``; ``'Exponential'`` has no ptychopinn
+    counterpart: constant), ``warmup_epochs`` (a linear rise of the learning rate over that
+    many of the ``epochs``; 0, Ptychodus's default, keeps the default recipe's warmup),
     ``nll`` (False selects the amplitude MAE loss). ``framework``, ``orchestrator``, ``notes`` and
     ``model_name`` are labels.
     """

@@ -20,6 +20,7 @@ import torch
 
 from ptychopinn.bundle import Bundle, load_bundle
 from ptychopinn.errors import BundleError
+from ptychopinn.models import migrate_state_dict
 from ptychopinn.training.module import PtychoPINNModule
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class PtychoPINN_Lightning(PtychoPINNModule):  # noqa: N801 - the name Ptychodus
             hparams, state = read_checkpoint(path)
             module = cls(**hparams)
             try:
-                module.load_state_dict(state, strict=True)
+                module.load_state_dict(migrate_state_dict(state, "net."), strict=True)
             except RuntimeError as exc:
                 raise BundleError(
                     f"{path}: weights do not fit the checkpoint's config: {exc}"

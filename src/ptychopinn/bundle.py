@@ -28,11 +28,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ptychopinn import __version__
-from ptychopinn.config import Config
+from ptychopinn.config import Config, migrate_saved_config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import BundleError, ConfigError
 from ptychopinn.io.atomic import atomic_path
-from ptychopinn.models import build_network
+from ptychopinn.models import build_network, migrate_state_dict
 from ptychopinn.models.base import ObjectNetwork
 
 FORMAT = "ptychopinn-bundle"
@@ -90,8 +90,13 @@ def save_bundle(
     normalization: Normalization,
     net: torch.nn.Module,
     probe: torch.Tensor,
+    run: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically. ``probe`` is the forward model's (P, N, N) complex probe."""
+    """Write a bundle atomically. ``probe`` is the forward model's (P, N, N) complex probe.
+
+    ``run`` (plain data: the recipe, the device and precision it trained on, its final
+    metrics) goes into the manifest, so a bundle says how it was made.
+    """
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -102,6 +107,7 @@ def save_bundle(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "N": config.model.N,
         "gridsize": config.model.gridsize,
+        "run": run or {},
     }
     weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     probe_ri = torch.view_as_real(probe.detach().cpu().to(torch.complex64)).contiguous()
@@ -158,13 +164,13 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     except Exception as exc:  # safetensors / json parse errors of damaged content
         raise BundleError(f"{p}: damaged bundle content ({type(exc).__name__}: {exc})") from exc
     try:
-        config = Config.from_dict(config_data)
+        config = Config.from_dict(migrate_saved_config(config_data))
         normalization = Normalization.from_dict(norm_data)
     except (ConfigError, KeyError, TypeError) as exc:
         raise BundleError(f"{p}: config.json/normalization.json: {exc}") from exc
     net = build_network(config.model)
     try:
-        net.load_state_dict(weights, strict=True)
+        net.load_state_dict(migrate_state_dict(weights), strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise BundleError(

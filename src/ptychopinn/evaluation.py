@@ -1,4 +1,4 @@
-"""Compare a complex 2-D reconstruction with a reference object (SPEC §8).
+"""Compare a complex 2-D reconstruction with a reference object.
 
 Pipeline: crop to the scanned region, register (sub-pixel), remove the global
 phase and the phase plane, scale the amplitude by the ratio of the means, then

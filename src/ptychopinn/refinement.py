@@ -13,10 +13,12 @@ pattern at a time gets wrong: each patch carries an arbitrary constant phase tha
 must infer from the overlaps. So the object is parameterised as the canvas plus a coarse
 correction field (one complex value per ``coarse_factor`` x ``coarse_factor`` block, bilinearly
 upsampled) that is optimised alongside the canvas during the first passes and then frozen.
-Before that, the start's own large-scale phase (above ``N / 4``) is discarded: the network's
-detail is kept, its guess at what one pattern cannot determine is not. A wrong large-scale
-phase costs refinement far more passes than a missing one (on the quality benchmark's Gaussian
-random field, 0.97 phase SSIM after 30 passes instead of 0.88).
+
+:func:`refine` runs a fixed number of passes. :func:`refine_auto` decides the number itself
+and cannot fit the noise: it holds out a share of the patterns, refines a twin of the object
+on the others in lockstep with the object refined on all of them, and keeps the object of the
+pass after which the held-out patterns were most likely — the start itself when no pass made
+them more likely than the network's answer did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,9 +35,10 @@ import torch
 
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
-from ptychopinn.inference import Reconstruction, measured_on_canvas
+from ptychopinn.inference import measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_nll
+from ptychopinn.reconstruction import Reconstruction, RefinementRecord
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 
 logger = logging.getLogger(__name__)
@@ -46,7 +50,8 @@ class RefineOptions:
 
     Attributes
     ----------
-    n_iter : passes over all patterns
+    n_iter : passes over all patterns (with :func:`refine_auto`: the most it runs; the
+        schedule is laid out over this many)
     batch_size : patterns per optimiser step (mini-batches, shuffled each pass)
     object_lr : Adam step size on the object (transmission units of order 1)
     probe_lr : Adam step size on the probe; 0 keeps the probe fixed
@@ -61,11 +66,17 @@ class RefineOptions:
         to zero (it is frozen after that)
     start_phase_sigma_px : the start's phase at scales above this Gaussian width (pixels) is
         discarded before refining: a start's large-scale phase is what one pattern does not
-        determine (see the module notes), and refinement corrects a wrong large-scale phase
-        far more slowly than it builds up a missing one. None: N / 4 for a network's
-        reconstruction, 0 for a start that was itself refined (``metadata["refine_passes"]``:
-        its large-scale phase came from the overlaps); 0 keeps the start as is
-    seed : shuffling seed
+        determine, and refinement corrects a wrong large-scale phase far more slowly than it
+        builds up a missing one. None: N / 4 for a network's reconstruction, 0 for a start
+        that was itself refined; 0 keeps the start as is
+    warmup_passes : the step sizes rise linearly from zero over this many passes (Adam's
+        first steps move every pixel by about the full step, which shakes a good start)
+    held_out_fraction : :func:`refine_auto`: share of the patterns held out to decide when
+        to stop
+    patience : :func:`refine_auto`: passes without a better held-out likelihood before it stops
+    min_passes : :func:`refine_auto`: passes it runs before it may stop (the held-out
+        likelihood of the first passes can dip and recover as the step sizes settle)
+    seed : shuffling (and held-out choice) seed
     """
 
     n_iter: int = 20
@@ -79,11 +90,17 @@ class RefineOptions:
     coarse_lr: float = 0.03
     coarse_until: float = 0.5
     start_phase_sigma_px: float | None = None
+    warmup_passes: float = 0.0
+    held_out_fraction: float = 0.1
+    patience: int = 20
+    min_passes: int = 40
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
+        if not isinstance(self.n_iter, int) or self.n_iter < 0:
+            raise ConfigError(f"n_iter: expected a number of passes >= 0, got {self.n_iter!r}")
         if not isinstance(self.coarse_factor, int) or self.coarse_factor < 0:
             raise ConfigError(
                 f"coarse_factor: expected a non-negative integer, got {self.coarse_factor!r}"
@@ -97,14 +114,190 @@ class RefineOptions:
             )
         if not 0.0 < self.coarse_until <= 1.0:
             raise ConfigError(f"coarse_until: expected in (0, 1], got {self.coarse_until!r}")
+        if not self.warmup_passes >= 0:
+            raise ConfigError(f"warmup_passes: expected >= 0, got {self.warmup_passes!r}")
+        if not 0.0 < self.held_out_fraction < 0.5:
+            raise ConfigError(
+                f"held_out_fraction: expected in (0, 0.5), got {self.held_out_fraction!r}"
+            )
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ConfigError(f"patience: expected a positive integer, got {self.patience!r}")
 
 
 @dataclass
 class RefineTrace:
-    """Loss after each pass and the elapsed time."""
+    """Loss after each pass and the elapsed time (``held_out``: :func:`refine_auto`)."""
 
     loss: list[float] = field(default_factory=list)
     elapsed_s: list[float] = field(default_factory=list)
+    held_out: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Problem:
+    """What is refined: the canvas, its start, and the patterns as the physics compares them.
+
+    Shapes
+    ------
+    canvas0 : (H, W) complex64 start; coverage : (H, W) summed probe intensity
+    positions : (K, 2) object pixels; measured : (K, N, N); pos : (K, 2) on the canvas
+    """
+
+    geometry: CanvasGeometry
+    canvas0: np.ndarray
+    coverage: np.ndarray
+    positions: np.ndarray
+    measured: torch.Tensor
+    pos: torch.Tensor
+    scale: float
+    mask: torch.Tensor | None = None
+
+
+def _problem(
+    scan: ScanData,
+    probe: torch.Tensor,
+    normalization: Normalization,
+    start: Reconstruction | None,
+    opts: RefineOptions,
+    device: torch.device | str,
+) -> _Problem:
+    """The canvas and its start (flat, or the start without its large-scale phase)."""
+    n = scan.N
+    positions = scan.positions_px if start is None else start.positions_px
+    index = _pattern_index(scan, positions)
+    if start is None:
+        geometry = CanvasGeometry.covering(positions, n)
+        canvas0 = np.ones(geometry.shape, dtype=np.complex64)
+    else:
+        geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]
+        covered = start.coverage > 0
+        sigma = opts.start_phase_sigma_px
+        if sigma is None:
+            sigma = 0.0 if start.refinement is not None else n / 4
+        # smoothed over the covered pixels only (the uncovered are 0 and do not count)
+        start_obj = np.where(covered, start.object, 0).astype(np.complex64)
+        start_obj = without_large_scale_phase(start_obj, sigma)
+        canvas0 = smooth_fill(start_obj, covered, n / 16)
+    coverage = _illumination(probe, positions, geometry, device)
+    measured, pos = measured_on_canvas(scan, index, normalization, geometry, device)
+    good = scan.good_pixels
+    mask = None if good is None else torch.from_numpy(good).to(device)
+    return _Problem(
+        geometry, canvas0, coverage, positions, measured, pos, normalization.intensity_scale, mask
+    )
+
+
+class _Refiner:
+    """One object (canvas + coarse field, optionally the probe) and its Adam optimiser."""
+
+    def __init__(self, problem: _Problem, probe: torch.Tensor, opts: RefineOptions, device: str):
+        self.opts = opts
+        self.canvas = torch.nn.Parameter(torch.from_numpy(problem.canvas0.copy()).to(device))
+        self.probe = torch.nn.Parameter(
+            probe.detach().clone().to(device=device, dtype=torch.complex64)
+        )
+        groups = [{"params": [self.canvas], "lr": opts.object_lr}]
+        if opts.probe_lr > 0:
+            groups.append({"params": [self.probe], "lr": opts.probe_lr})
+        self.coarse: torch.nn.Parameter | None = None
+        self.frozen: torch.Tensor | None = None  # the correction, upsampled once frozen
+        if opts.coarse_factor > 0 and opts.coarse_lr > 0:
+            h, w = problem.geometry.shape
+            block = opts.coarse_factor
+            # (2, 1, Hc, Wc): real and imaginary part of the correction, one value per block
+            self.coarse = torch.nn.Parameter(
+                torch.zeros(2, 1, -(-h // block), -(-w // block), device=device)
+            )
+            groups.append({"params": [self.coarse], "lr": opts.coarse_lr})
+        self.optimizer = torch.optim.Adam(groups)
+        self.starts = [g["lr"] for g in self.optimizer.param_groups]
+        self.pass_lrs = list(self.starts)  # this pass's step sizes (before the warmup)
+        self.steps = 0
+        k = problem.measured.shape[0]
+        self.warmup_steps = opts.warmup_passes * -(-k // opts.batch_size)
+
+    def _correction(self, field: torch.Tensor) -> torch.Tensor:
+        """The coarse field (2, 1, Hc, Wc) upsampled to the canvas: (H, W) complex."""
+        up = torch.nn.functional.interpolate(
+            field, size=self.canvas.shape, mode="bilinear", align_corners=False
+        )[:, 0]  # (2, H, W)
+        return torch.complex(up[0], up[1])
+
+    def current(self) -> torch.Tensor:
+        """The object: the canvas plus the coarse correction (if any)."""
+        if self.frozen is not None:
+            return self.canvas + self.frozen
+        return self.canvas if self.coarse is None else self.canvas + self._correction(self.coarse)
+
+    def begin_pass(self, it: int) -> None:
+        """Step sizes of pass ``it``: held, then cosine-annealed; the coarse field fades."""
+        opts = self.opts
+        factor = 1.0
+        if opts.schedule == "cosine" and opts.n_iter > 1:
+            f = opts.final_lr_fraction
+            first = int(opts.n_iter * opts.anneal_start)  # full steps until here, then anneal
+            progress = max(0, it - first) / max(1, opts.n_iter - 1 - first)
+            factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        self.pass_lrs = [lr * factor for lr in self.starts]
+        if self.coarse is not None:  # its step falls linearly to zero over coarse_until passes
+            remaining = 1 - it / (opts.coarse_until * opts.n_iter)
+            if remaining > 0:
+                self.pass_lrs[-1] = self.starts[-1] * factor * remaining
+            else:  # frozen: upsample it once instead of at every step
+                with torch.no_grad():
+                    self.frozen = self._correction(self.coarse)
+                self.coarse = None  # its parameter gets no more gradients, so Adam skips it
+                self.pass_lrs[-1] = 0.0
+
+    def _set_step_sizes(self) -> None:
+        ramp = min(1.0, (self.steps + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        for group, lr in zip(self.optimizer.param_groups, self.pass_lrs, strict=True):
+            group["lr"] = lr * ramp
+
+    def run_pass(self, problem: _Problem, order: torch.Tensor) -> float:
+        """One pass over the patterns ``order`` (indices, in the order visited); their mean loss."""
+        total = 0.0
+        for b in range(0, len(order), self.opts.batch_size):
+            idx = order[b : b + self.opts.batch_size]
+            self._set_step_sizes()
+            self.steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = object_nll(
+                self.current(),
+                problem.pos[idx],
+                self.probe,
+                problem.measured[idx],
+                problem.scale,
+                mask=problem.mask,
+            )
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        return total / max(len(order), 1)
+
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """The object and the probe as they are now (copies)."""
+        return {"object": self.current().detach().clone(), "probe": self.probe.detach().clone()}
+
+    @torch.no_grad()
+    def nll(self, problem: _Problem, index: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """(len(index),) Poisson NLL of the patterns ``index`` under the current object."""
+        obj = self.current()
+        return torch.cat(
+            [
+                object_nll(
+                    obj,
+                    problem.pos[idx],
+                    self.probe,
+                    problem.measured[idx],
+                    problem.scale,
+                    per_pattern=True,
+                    mask=problem.mask,
+                )
+                for idx in index.split(chunk)
+            ]
+        )
 
 
 def refine(
@@ -114,9 +307,9 @@ def refine(
     start: Reconstruction | None = None,
     options: RefineOptions | None = None,
     device: torch.device | str = "cpu",
-    callback: object | None = None,
+    callback: Callable[[int, Reconstruction], None] | None = None,
 ) -> tuple[Reconstruction, torch.Tensor, RefineTrace]:
-    """Refine an object (and optionally the probe) by maximising the Poisson likelihood.
+    """Refine an object (and optionally the probe) for ``options.n_iter`` passes.
 
     Parameters
     ----------
@@ -136,106 +329,191 @@ def refine(
     between the patches' supports), which start at unit transmission.
     """
     opts = options or RefineOptions()
-    n = scan.N
-    positions = scan.positions_px if start is None else start.positions_px
-    index = _pattern_index(scan, positions)
-    if start is None:
-        geometry = CanvasGeometry.covering(positions, n)
-        canvas0 = np.ones(geometry.shape, dtype=np.complex64)
-    else:
-        geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]
-        covered = start.coverage > 0
-        sigma = opts.start_phase_sigma_px
-        # smoothed over the covered pixels only (the uncovered are 0 and do not count); the
-        # uncovered then start at unit transmission, which matches the start's local phase
-        # once its large-scale phase (and with it the arbitrary global phase) is gone
-        start_obj = np.where(covered, start.object, 0).astype(np.complex64)
-        if sigma is None:
-            sigma = 0.0 if "refine_passes" in start.metadata else n / 4
-        start_obj = without_large_scale_phase(start_obj, sigma)
-        canvas0 = np.where(covered, start_obj, 1.0).astype(np.complex64)
-    coverage = _illumination(probe, positions, geometry, device)
-    measured, pos = measured_on_canvas(scan, index, normalization, geometry, device)
-    canvas = torch.nn.Parameter(torch.from_numpy(canvas0).to(device))
-    probe_param = torch.nn.Parameter(
-        probe.detach().clone().to(device=device, dtype=torch.complex64)
-    )
-    groups = [{"params": [canvas], "lr": opts.object_lr}]
-    if opts.probe_lr > 0:
-        groups.append({"params": [probe_param], "lr": opts.probe_lr})
-    coarse = None
-    if opts.coarse_factor > 0 and opts.coarse_lr > 0:
-        h, w = geometry.shape
-        block = opts.coarse_factor
-        # (2, 1, Hc, Wc): real and imaginary part of the correction, one value per block
-        coarse = torch.nn.Parameter(
-            torch.zeros(2, 1, -(-h // block), -(-w // block), device=device)
-        )
-        groups.append({"params": [coarse], "lr": opts.coarse_lr})
-    optimizer = torch.optim.Adam(groups)
-    starts = [g["lr"] for g in optimizer.param_groups]
+    problem = _problem(scan, probe, normalization, start, opts, device)
+    refiner = _Refiner(problem, probe, opts, str(device))
     generator = torch.Generator().manual_seed(opts.seed)
-    scale = normalization.intensity_scale
+    k = problem.measured.shape[0]
     trace = RefineTrace()
-
-    def correction(field: torch.Tensor) -> torch.Tensor:
-        """The coarse field (2, 1, Hc, Wc) upsampled to the canvas: (H, W) complex."""
-        up = torch.nn.functional.interpolate(
-            field, size=canvas.shape, mode="bilinear", align_corners=False
-        )[:, 0]  # (2, H, W)
-        return torch.complex(up[0], up[1])
-
-    frozen: torch.Tensor | None = None  # the correction, upsampled once, after it is frozen
-
-    def current() -> torch.Tensor:
-        """The object: the canvas plus the coarse correction (if any)."""
-        if frozen is not None:
-            return canvas + frozen
-        return canvas if coarse is None else canvas + correction(coarse)
-
     t0 = time.perf_counter()
-    k = measured.shape[0]
     for it in range(opts.n_iter):
-        factor = 1.0
-        if opts.schedule == "cosine" and opts.n_iter > 1:
-            f = opts.final_lr_fraction
-            first = int(opts.n_iter * opts.anneal_start)  # full steps until here, then anneal
-            progress = max(0, it - first) / max(1, opts.n_iter - 1 - first)
-            factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for group, lr in zip(optimizer.param_groups, starts, strict=True):
-            group["lr"] = lr * factor
-        if coarse is not None:  # its step falls linearly to zero over coarse_until passes
-            remaining = 1 - it / (opts.coarse_until * opts.n_iter)
-            if remaining > 0:
-                optimizer.param_groups[-1]["lr"] = starts[-1] * factor * remaining
-            else:  # frozen: upsample it once instead of at every step
-                with torch.no_grad():
-                    frozen = correction(coarse)
-                coarse = None  # its parameter gets no more gradients, so Adam skips it
+        refiner.begin_pass(it)
         order = torch.randperm(k, generator=generator).to(device)
-        total = 0.0
-        for b in range(0, k, opts.batch_size):
-            idx = order[b : b + opts.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = object_nll(current(), pos[idx], probe_param, measured[idx], scale)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        trace.loss.append(total / k)
+        trace.loss.append(refiner.run_pass(problem, order))
         trace.elapsed_s.append(time.perf_counter() - t0)
         if callback is not None:
             with torch.no_grad():
-                obj = current()
-            callback(it, _result(obj, geometry, coverage, start, positions, trace))  # type: ignore[operator]
+                callback(it, _result(refiner.current(), problem, start, refiner.probe))
+    _log_done(trace, k)
+    record = RefinementRecord(
+        requested=str(opts.n_iter),
+        passes=opts.n_iter,
+        stop_reason=f"{opts.n_iter} passes, as asked",
+        start="network" if start is not None else "flat",
+        seconds=trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
+        probe_refined=opts.probe_lr > 0,
+    )
+    with torch.no_grad():
+        result = _result(refiner.current(), problem, start, refiner.probe, record)
+    return result, refiner.probe.detach(), trace
+
+
+def refine_auto(
+    scan: ScanData,
+    probe: torch.Tensor,
+    normalization: Normalization,
+    start: Reconstruction | None = None,
+    options: RefineOptions | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Reconstruction, torch.Tensor, RefineTrace]:
+    """Refine for as many passes as the data support: a stopping rule that cannot fit the noise.
+
+    ``held_out_fraction`` of the patterns (drawn with ``seed``) are held out from a twin of
+    the object, refined on the other patterns in lockstep with the object refined on all of
+    them (the same schedule and shuffles). After each pass the held-out patterns' Poisson
+    likelihood under the twin is measured; refinement stops ``patience`` passes after the
+    last improvement (or after ``n_iter``) and returns the all-pattern object of the best
+    pass, if that pass makes the held-out patterns significantly more likely than the start
+    does: the mean of the per-pattern differences of the negative log-likelihood must lie
+    below zero by more than :data:`SIGNIFICANCE` standard errors. Otherwise the start is
+    returned unchanged (``passes = 0``): the default output is never a fit of the noise that
+    the data do not support. It costs twice the passes it runs.
+    """
+    opts = options or RefineOptions(n_iter=100)
+    problem = _problem(scan, probe, normalization, start, opts, device)
+    k = problem.measured.shape[0]
+    fit, held = _split(k, opts.held_out_fraction, opts.seed, device)
+    twin, full = (_Refiner(problem, probe, opts, str(device)) for _ in range(2))
+    trace = RefineTrace()
+    start_nll = _start_nll(problem, held, start, twin.probe, device)  # (n_held,)
+    best_nll, best_pass, best = start_nll, 0, None
+    generator = torch.Generator().manual_seed(opts.seed)
+    t0 = time.perf_counter()
+    reason = f"stopped at the limit of {opts.n_iter} passes"
+    for it in range(opts.n_iter):
+        twin.begin_pass(it)
+        full.begin_pass(it)
+        order = torch.randperm(k, generator=generator).to(device)
+        twin.run_pass(problem, order[torch.isin(order, fit)])  # the same shuffle, fit set only
+        trace.loss.append(full.run_pass(problem, order))
+        held_nll = twin.nll(problem, held)
+        trace.held_out.append(float(held_nll.mean()))
+        trace.elapsed_s.append(time.perf_counter() - t0)
+        if trace.held_out[-1] < float(best_nll.mean()):
+            best_nll, best_pass, best = held_nll, it + 1, full.snapshot()
+        elif it + 1 - best_pass >= opts.patience and it + 1 >= opts.min_passes:
+            reason = f"held-out likelihood not better for {opts.patience} passes"
+            break
+    _log_done(trace, k)
+    gain, error = _paired_gain(start_nll, best_nll)
+    if best is None:
+        reason = "no pass made the held-out patterns more likely than the start"
+    elif gain <= SIGNIFICANCE * error:
+        reason = (
+            f"no pass made the held-out patterns significantly more likely than the start "
+            f"(best: pass {best_pass}, NLL lower by {gain:.3g} +- {error:.3g} per pattern)"
+        )
+        best_pass, best = 0, None
+    logger.info(
+        "refine auto: kept pass %d of %d (%s); held-out NLL per pattern %.6g -> %.6g",
+        best_pass, len(trace.held_out), reason, float(start_nll.mean()), float(best_nll.mean()),
+    )  # fmt: skip
+    record = RefinementRecord(
+        requested="auto",
+        passes=best_pass,
+        stop_reason=reason,
+        start="network" if start is not None else "flat",
+        seconds=trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
+        network_nll=float(start_nll.mean()),
+        final_nll=float((best_nll if best is not None else start_nll).mean()),
+        held_out_fraction=opts.held_out_fraction,
+        probe_refined=opts.probe_lr > 0,
+    )
+    if best is None:
+        if start is not None:
+            return start.replace(refinement=record), probe, trace
+        best = {"object": torch.from_numpy(problem.canvas0).to(device), "probe": probe}
+    return _result(best["object"], problem, start, best["probe"], record), best["probe"], trace
+
+
+#: Standard errors by which the held-out likelihood must improve on the start's for
+#: ``refine_auto`` to keep a refined object (a one-sided test at about 2 %).
+SIGNIFICANCE = 2.0
+
+
+def _paired_gain(start: torch.Tensor, best: torch.Tensor) -> tuple[float, float]:
+    """Mean per-pattern NLL decrease from ``start`` to ``best``, and its standard error."""
+    diff = (start - best).double()
+    n = max(int(diff.numel()), 1)
+    error = float(diff.std()) / math.sqrt(n) if n > 1 else float("inf")
+    return float(diff.mean()), error
+
+
+def _split(
+    k: int, fraction: float, seed: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, held-out) pattern indices: ``fraction`` of ``k`` held out, at least one."""
+    rng = np.random.default_rng([seed, k])
+    n_held = min(max(1, int(round(k * fraction))), k - 1)
+    held = np.sort(rng.choice(k, size=n_held, replace=False))
+    fit = np.setdiff1d(np.arange(k), held)
+    return torch.from_numpy(fit).to(device), torch.from_numpy(held).to(device)
+
+
+def _start_nll(
+    problem: _Problem,
+    held: torch.Tensor,
+    start: Reconstruction | None,
+    probe: torch.Tensor,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """(n_held,) NLL of the held-out patterns under the start as it would be returned."""
+    if start is None:
+        obj = problem.canvas0
+    else:
+        obj = smooth_fill(start.object, start.coverage > 0, problem.measured.shape[-1] / 16)
+    with torch.no_grad():
+        return object_nll(
+            torch.from_numpy(obj).to(device),
+            problem.pos[held],
+            probe,
+            problem.measured[held],
+            problem.scale,
+            per_pattern=True,
+            mask=problem.mask,
+        )
+
+
+def _log_done(trace: RefineTrace, k: int) -> None:
     logger.info(
         "refined %d passes over %d patterns in %.2f s (loss %.6g -> %.6g)",
-        opts.n_iter, k, trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
+        len(trace.loss), k, trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
         trace.loss[0] if trace.loss else float("nan"), trace.loss[-1] if trace.loss else float("nan"),
     )  # fmt: skip
-    with torch.no_grad():
-        obj = current()
-    result = _result(obj, geometry, coverage, start, positions, trace)
-    return result, probe_param.detach(), trace
+
+
+def smooth_fill(obj: np.ndarray, covered: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``obj`` (H, W) with the pixels outside ``covered`` filled by a local average.
+
+    A network's stitched object covers the central supports of its patches; the probe
+    reaches further (the corners between patches at the edge of the scan). Those pixels start
+    as the Gaussian-weighted average (width ``sigma_px``) of the reconstructed pixels around
+    them (normalised convolution; four times wider where none is that close, then the
+    object's mean): a jump to a flat object there would cost passes and shift the object's
+    registration.
+    """
+    if covered.all() or not covered.any():
+        return obj.astype(np.complex64)
+    from scipy.ndimage import gaussian_filter
+
+    mask = covered.astype(np.float64)
+    values = np.where(covered, obj, 0).astype(np.complex128)
+    filled = np.full(obj.shape, values[covered].mean(), dtype=np.complex128)
+    for sigma in (4 * sigma_px, sigma_px):  # the narrower average wins where it reaches
+        weight = gaussian_filter(mask, sigma)
+        reach = weight > 1e-3
+        average = gaussian_filter(values, sigma) / np.maximum(weight, 1e-12)
+        filled = np.where(reach, average, filled)
+    return np.where(covered, obj, filled).astype(np.complex64)
 
 
 def without_large_scale_phase(obj: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -279,29 +557,28 @@ def _pattern_index(scan: ScanData, positions: np.ndarray) -> np.ndarray:
 
     dist, idx = cKDTree(scan.positions_px).query(positions)
     if np.any(dist > 1e-6):
-        raise ValueError("refine: the start reconstruction's positions are not the scan's")
+        raise ConfigError("refine: the start reconstruction's positions are not the scan's")
     return idx
 
 
 def _result(
     canvas: torch.Tensor,
-    geometry: CanvasGeometry,
-    coverage: np.ndarray,
+    problem: _Problem,
     start: Reconstruction | None,
-    positions: np.ndarray,
-    trace: RefineTrace,
+    probe: torch.Tensor,
+    record: RefinementRecord | None = None,
 ) -> Reconstruction:
     obj = canvas.detach().cpu().numpy().astype(np.complex64)
     metadata = dict(start.metadata) if start is not None else {}
-    metadata.update(
-        refine_passes=len(trace.loss),
-        refine_s=trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
-        refine_start="network" if start is not None else "flat",
-    )
     return Reconstruction(
-        object=np.where(coverage > 0, obj, 0).astype(np.complex64),
-        origin_px=geometry.origin_px,
-        coverage=coverage,
-        positions_px=positions,
+        object=np.where(problem.coverage > 0, obj, 0).astype(np.complex64),
+        origin_px=problem.geometry.origin_px,
+        coverage=problem.coverage,
+        positions_px=problem.positions,
+        N=int(problem.measured.shape[-1]),
+        probe=probe.detach().cpu().numpy().astype(np.complex64),
+        pixel_size_m=start.pixel_size_m if start is not None else None,
+        collapsed=start.collapsed if start is not None else False,
+        refinement=record,
         metadata=metadata,
     )

@@ -1,5 +1,5 @@
-"""Register a complex 2-D reconstruction onto a reference (SPEC §8: "register (sub-pixel),
-remove global phase and phase plane, scale amplitude by the mean ratio").
+"""Register a complex 2-D reconstruction onto a reference: register (sub-pixel),
+remove the global phase and phase plane, scale the amplitude by the mean ratio.
 
 Conventions
 -----------

@@ -11,12 +11,10 @@ Usable from a notebook without the CLI::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,13 @@ import torch
 from ptychopinn.bundle import BUNDLE_NAME, Bundle, load_bundle, save_bundle
 from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
+from ptychopinn.device import resolve_accelerator, training_precision
 from ptychopinn.errors import ConfigError, DataError, OutputExistsError
-from ptychopinn.inference import Reconstruction, reconstruct
+from ptychopinn.inference import reconstruct as network_reconstruction
 from ptychopinn.io.npz import read_npz
 from ptychopinn.io.scan import ScanData
+from ptychopinn.presets import describe as describe_recipe
+from ptychopinn.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ __all__ = [
 
 
 def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
-    """Read a scan from an NPZ (SPEC §4.1), a chunked HDF5 scan, or a Ptychodus pair (SPEC §4.2).
+    """Read a scan from an NPZ, a chunked HDF5 scan, or a Ptychodus product/diffraction pair.
 
     An ``.h5`` / ``.hdf5`` file with the root attribute ``format = "ptychopinn-scan"`` is a
     chunked HDF5 scan (:mod:`ptychopinn.io.hdf5`), whose patterns stream from disk. Any other
@@ -82,76 +83,7 @@ class TrainingRun:
     last_checkpoint: Path | None
     best_checkpoint: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NODEID")
-
-
-def is_rank_zero_process() -> bool:
-    """True in the process that launched the run (or global rank 0 under torchrun / SLURM)."""
-    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Refuse a second run into the same directory while one is active.
-
-    Only the rank-zero process holds the lock; the other ranks of a distributed
-    run (started by Lightning, torchrun or srun) share it.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not is_rank_zero_process():
-        yield
-        return
-    lock = run_dir / ".ptychopinn.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError as exc:
-        raise OutputExistsError(
-            f"{run_dir}: another run is using this directory (remove {lock.name} if it crashed)"
-        ) from exc
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def resolve_accelerator(accelerator: str) -> str:
-    """Map user spellings to Lightning's and fall back to the CPU when no GPU is present."""
-    if accelerator == "cuda":
-        accelerator = "gpu"
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        warnings.warn("no CUDA GPU is available: falling back to the CPU", stacklevel=2)
-        return "cpu"
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        warnings.warn("MPS is not available: falling back to the CPU", stacklevel=2)
-        return "cpu"
-    return accelerator
-
-
-def _require(package: str, option: str, *modules: str) -> None:
-    import importlib.util
-
-    if not any(importlib.util.find_spec(m) is not None for m in modules):
-        raise ConfigError(f"{option} needs the '{package}' package: pip install {package}")
-
-
-def _make_logger(config: Config, run_dir: Path) -> Any:
-    from lightning.pytorch import loggers
-
-    kind = config.training.logger
-    if kind == "none":
-        return False
-    if kind == "tensorboard":
-        _require("tensorboard", "--logger tensorboard", "tensorboard", "tensorboardX")
-        return loggers.TensorBoardLogger(save_dir=run_dir, name="lightning_logs")
-    if kind == "mlflow":
-        _require("mlflow", "--logger mlflow", "mlflow")
-        uri = config.training.mlflow_tracking_uri or (run_dir / "mlruns").resolve().as_uri()
-        return loggers.MLFlowLogger(experiment_name="ptychopinn", tracking_uri=uri)
-    return loggers.CSVLogger(save_dir=run_dir, name="lightning_logs")
+    recipe: str = ""
 
 
 def train(
@@ -168,36 +100,25 @@ def train(
 
     Parameters
     ----------
-    config : the whole configuration; N must equal the scan's pattern size
+    config : the whole configuration (``Config()`` is the default recipe); N must equal the
+        scan's pattern size
     train_scan : the scan to train on (self-supervised unless ``config.model.mode``
         is ``supervised``)
     output_dir : run directory; refused if it already holds a bundle, unless
         ``overwrite`` or ``resume``
     val_scan : validation scan (default: a held-out fraction of the groups)
     resume : continue from ``output_dir/checkpoints/last.ckpt``
+    progress : a live bar on a terminal, one log line per epoch otherwise
     callbacks : extra Lightning callbacks (e.g. Ptychodus's loss collector)
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
     from ptychopinn.data.datamodule import GroupDataModule
-    from ptychopinn.training.callbacks import (
-        GracefulShutdown,
-        LastStateCheckpoint,
-        NonFiniteLossGuard,
-    )
     from ptychopinn.training.module import PtychoPINNModule
+    from ptychopinn.training.trainer import quiet_lightning, run_lock
 
-    _quiet_lightning()
-    m, t = config.model, config.training
-    if train_scan.N != m.N:
-        raise ConfigError(
-            f"N: config has N = {m.N} but {train_scan.source} has {train_scan.N}x{train_scan.N} patterns"
-        )
-    if val_scan is not None and val_scan.N != m.N:
-        raise DataError(
-            f"{val_scan.source}: expected {m.N}x{m.N} patterns, got {val_scan.N}x{val_scan.N}"
-        )
+    quiet_lightning()
+    _check_scans(config, train_scan, val_scan)
     run_dir = Path(output_dir)
     bundle_path = run_dir / BUNDLE_NAME
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -207,64 +128,35 @@ def train(
         raise OutputExistsError(
             f"{run_dir}: already holds a trained model ({BUNDLE_NAME}); pass --overwrite or --resume"
         )
+    accelerator = resolve_accelerator(config.training.accelerator)
+    precision = training_precision(config.training.precision, accelerator)
+    recipe = describe_recipe(config)
     with run_lock(run_dir):
-        L.seed_everything(t.seed, workers=True, verbose=False)
-        normalization = Normalization.from_scan(train_scan, t.nphotons)
+        L.seed_everything(config.training.seed, workers=True, verbose=False)
+        normalization = Normalization.from_scan(train_scan, config.training.nphotons)
         datamodule = GroupDataModule(config, train_scan, normalization, val_scan)
+        datamodule.setup("fit")
+        _log_plan(config, datamodule.plan, recipe, accelerator, precision)
         module = PtychoPINNModule(
             config.to_dict(),
             normalization.to_dict(),
             n_probe_modes=train_scan.n_probe_modes,
             probe=torch.from_numpy(train_scan.probe),
+            good_pixels=_good_pixels(train_scan, val_scan),
         )
-        has_val = val_scan is not None or round(_n_groups(train_scan, config) * t.val_fraction) > 0
-        monitor = "val_loss" if has_val else "train_loss"
-        checkpoint = LastStateCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best-{epoch:03d}",
-            monitor=monitor,
-            save_last=True,
-            save_top_k=1,
-        )
-        trainer_callbacks: list[Any] = [
-            NonFiniteLossGuard(),
-            GracefulShutdown(last),
-            checkpoint,
-            *callbacks,
-        ]
-        if t.early_stopping_patience is not None:
-            trainer_callbacks.append(
-                EarlyStopping(monitor=monitor, patience=t.early_stopping_patience)
-            )
-        if progress:
-            trainer_callbacks.append(
-                TQDMProgressBar(
-                    refresh_rate=max(1, _n_groups(train_scan, config) // t.batch_size // 20)
-                )
-            )
-        trainer = L.Trainer(
-            max_epochs=t.max_epochs,
-            accelerator=resolve_accelerator(t.accelerator),
-            devices=t.devices,
-            num_nodes=t.num_nodes,
-            strategy=t.strategy,
-            precision=t.precision,  # type: ignore[arg-type]
-            deterministic=t.deterministic,
-            logger=_make_logger(config, run_dir),
-            callbacks=trainer_callbacks,
-            default_root_dir=run_dir,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            log_every_n_steps=max(1, min(50, _n_groups(train_scan, config) // t.batch_size // 2)),
-            num_sanity_val_steps=0,
+        trainer, checkpoint = _trainer(
+            config, run_dir, datamodule, accelerator, precision, callbacks, progress
         )
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
         elapsed = time.perf_counter() - start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics.update(training_s=elapsed, epochs=trainer.current_epoch)
+        metrics.update(training_s=elapsed, epochs=trainer.current_epoch, steps=trainer.global_step)
         if trainer.is_global_zero:
-            save_bundle(bundle_path, config, normalization, module.net, module.physics.probe)
+            run = {"recipe": recipe, "accelerator": accelerator, "precision": precision, **metrics}
+            save_bundle(
+                bundle_path, config, normalization, module.net, module.physics.probe, run=run
+            )
             logger.info("wrote %s (%.1f s of training)", bundle_path, elapsed)
     best = checkpoint.best_model_path
     return TrainingRun(
@@ -273,52 +165,229 @@ def train(
         last_checkpoint=last if last.exists() else None,
         best_checkpoint=Path(best) if best else None,
         metrics=metrics,
+        recipe=recipe,
     )
+
+
+def _good_pixels(train_scan: ScanData, val_scan: ScanData | None) -> torch.Tensor | None:
+    """The detector pixels the training likelihood counts: bad in neither scan."""
+    bad = [
+        s.bad_pixels for s in (train_scan, val_scan) if s is not None and s.bad_pixels is not None
+    ]
+    if not bad or not np.any(bad):
+        return None
+    return torch.from_numpy((~np.logical_or.reduce(bad)).astype(np.float32))
+
+
+def _check_scans(config: Config, train_scan: ScanData, val_scan: ScanData | None) -> None:
+    """The scans fit the config: N, and labels for supervised validation."""
+    m = config.model
+    if train_scan.N != m.N:
+        raise ConfigError(
+            f"N: config has N = {m.N} but {train_scan.source} has "
+            f"{train_scan.N}x{train_scan.N} patterns"
+        )
+    if val_scan is not None and val_scan.N != m.N:
+        raise DataError(
+            f"{val_scan.source}: expected {m.N}x{m.N} patterns, got {val_scan.N}x{val_scan.N}"
+        )
+    labelled = val_scan is None or val_scan.patches is not None or val_scan.object is not None
+    if m.mode == "supervised" and not labelled:
+        raise DataError(
+            f"{val_scan.source}: supervised validation needs 'Y' or 'objectGuess'; neither is "  # type: ignore[union-attr]
+            "present (omit --val_data to validate on held-out groups of the training scan)"
+        )
+
+
+def _log_plan(config: Config, plan: Any, recipe: str, accelerator: str, precision: str) -> None:
+    """One line before training: the recipe, the groups, the optimiser steps, the device."""
+    m, t = config.model, config.training
+    group = f"{m.K} inputs" if m.C == 1 else f"{m.K} inputs of {m.C} patterns"
+    if m.K > 1:
+        group += f" {m.overlap_stride} scan steps apart"
+    limit = f" (or {t.max_time:g} s, whichever ends first)" if t.max_time is not None else ""
+    logger.info(
+        "recipe %s: %d groups of %s; %d groups per epoch, %d per step: %d steps x %d epochs "
+        "= %d optimiser steps%s; %s, precision %s",
+        recipe,
+        plan.n_groups,
+        group,
+        plan.groups_per_epoch,
+        plan.groups_per_step,
+        plan.steps_per_epoch,
+        t.max_epochs,
+        plan.steps_per_epoch * t.max_epochs,
+        limit,
+        accelerator,
+        precision,
+    )
+
+
+def _trainer(
+    config: Config,
+    run_dir: Path,
+    datamodule: Any,
+    accelerator: str,
+    precision: str,
+    callbacks: Sequence[Any],
+    progress: bool,
+) -> tuple[Any, Any]:
+    """The Trainer with the run's safety, checkpoint and progress callbacks."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from ptychopinn.training.callbacks import (
+        GracefulShutdown,
+        LastStateCheckpoint,
+        NonFiniteLossGuard,
+    )
+    from ptychopinn.training.trainer import build_trainer, progress_callbacks
+
+    t = config.training
+    monitor = "val_loss" if datamodule.val_set is not None else "train_loss"
+    checkpoint = LastStateCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-{epoch:03d}",
+        monitor=monitor,
+        save_last=True,
+        save_top_k=1,
+    )
+    steps = datamodule.plan.steps_per_epoch
+    trainer_callbacks: list[Any] = [
+        NonFiniteLossGuard(),
+        GracefulShutdown(run_dir / "checkpoints" / "last.ckpt"),
+        checkpoint,
+        *callbacks,
+        *progress_callbacks(progress, steps, t.max_time),
+    ]
+    if t.early_stopping_patience is not None:
+        trainer_callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience))
+    trainer = build_trainer(
+        config, run_dir, accelerator, precision, trainer_callbacks, steps, progress
+    )
+    return trainer, checkpoint
+
+
+def reconstruct(
+    bundle: Bundle,
+    scan: ScanData,
+    refine: int | str = "auto",
+    refine_probe: bool = False,
+    refine_from: str = "network",
+    device: torch.device | str = "cpu",
+    **network_options: Any,
+) -> Reconstruction:
+    """The best estimate of the object: the network's reconstruction, refined.
+
+    ``refine="auto"`` (the default) refines until held-out patterns stop becoming more
+    likely and never returns something worse than the network alone by that measure;
+    ``refine=0`` returns the network alone; ``refine=N`` runs exactly N passes.
+    ``refine_from="flat"`` refines from a flat object instead. ``network_options`` go to
+    :func:`ptychopinn.inference.reconstruct` (``n_groups``, ``batch_size``, ``weights``,
+    ``synchronize``, ``precision``, ``chunk_patterns``).
+    """
+    network = network_reconstruction(bundle, scan, device=device, **network_options)
+    if refine == 0:
+        return network
+    start = None if refine_from == "flat" else network
+    return refine_reconstruction(bundle, scan, start, refine, refine_probe, device)
 
 
 def refine_reconstruction(
     bundle: Bundle,
     scan: ScanData,
     start: Reconstruction | None,
-    passes: int = 20,
+    passes: int | str = "auto",
     refine_probe: bool = False,
     device: torch.device | str = "cpu",
     options: Any = None,
 ) -> Reconstruction:
-    """Maximum-likelihood refinement with the bundle's forward model (see :mod:`ptychopinn.refinement`).
+    """Maximum-likelihood refinement with the bundle's forward model (:mod:`ptychopinn.refinement`).
 
-    ``start`` is the network's reconstruction (or None for a flat object). A start from a
-    collapsed network (``start.metadata["collapsed"]``, a tiled constant patch) is a worse
-    start than a flat object, so refinement then starts flat, with a warning.
+    ``start`` is the network's reconstruction (or None for a flat object); ``passes`` is
+    ``"auto"`` (:func:`~ptychopinn.refinement.refine_auto`) or a number of passes. A start
+    from a collapsed network (a tiled constant patch) is a worse start than a flat object, so
+    refinement then starts flat, with a warning. ``options`` replaces the settings chosen
+    for the start (:func:`refine_options`).
     """
-    from ptychopinn.refinement import RefineOptions, refine
+    from ptychopinn.refinement import refine, refine_auto
 
-    if start is not None and start.metadata.get("collapsed"):
+    if passes != "auto" and (not isinstance(passes, int) or passes < 0):
+        raise ConfigError(f"refine: expected 'auto' or a number of passes >= 0, got {passes!r}")
+    network = start
+    if start is not None and start.collapsed:
         logger.warning("the network's reconstruction is collapsed: refining from a flat object")
         start = None
-
-    opts = options or RefineOptions(n_iter=passes, probe_lr=0.01 if refine_probe else 0.0)
-    rec, _, _ = refine(scan, bundle.probe, bundle.normalization.for_scan(scan), start, opts, device)
+    opts = options or refine_options(bundle, start, passes, refine_probe)
+    normalization = bundle.normalization.for_scan(scan)
+    if passes != "auto":
+        return refine(scan, bundle.probe, normalization, start, opts, device)[0]
+    rec = refine_auto(scan, bundle.probe, normalization, start, opts, device)[0]
+    if rec.refinement is not None and rec.refinement.passes == 0 and network is not None:
+        return network.replace(refinement=rec.refinement)  # nothing better than the network's
     return rec
 
 
-def _quiet_lightning() -> None:
-    """Keep Lightning's banners and known-harmless warnings out of the user's terminal."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (
-        ".*LeafSpec.*",
-        ".*does not have many workers.*",
-        ".*smaller than the logging interval.*",
-        ".*GPU available but not used.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
+#: Most passes ``refine="auto"`` runs (its step sizes anneal over these).
+AUTO_MAX_PASSES = 100
 
 
-def _n_groups(scan: ScanData, config: Config) -> int:
-    n = config.training.n_groups
-    return scan.n_patterns if n is None else min(n, scan.n_patterns)
+def refine_options(
+    bundle: Bundle, start: Reconstruction | None, passes: int | str, refine_probe: bool
+) -> Any:
+    """Refinement settings for a start.
+
+    A network trained with the overlap constraint (or on channels of neighbours) predicts
+    the large-scale phase too: refinement keeps it and takes small steps (0.02, reached over
+    the first 5 passes, without the coarse correction field), which improve such a start
+    without first shaking it. A network that saw one pattern at a time
+    cannot know its patches' constant phases: refinement discards the start's large-scale
+    phase and takes bold steps (0.1) with the coarse correction field, as from a flat start.
+    ``auto`` anneals its steps from the first pass, so its held-out likelihood improves
+    steadily until the data stop supporting more.
+    """
+    from ptychopinn.refinement import RefineOptions
+
+    n_iter = AUTO_MAX_PASSES if passes == "auto" else int(passes)
+    m = bundle.config.model
+    trusted = start is not None and (m.K > 1 or m.C > 1)
+    return RefineOptions(
+        n_iter=n_iter,
+        coarse_factor=0 if trusted else 16,
+        object_lr=0.02 if trusted else 0.1,
+        start_phase_sigma_px=0.0 if trusted else None,
+        anneal_start=0.0 if passes == "auto" else 0.5,
+        warmup_passes=5.0 if trusted else 0.0,
+        probe_lr=0.01 if refine_probe else 0.0,
+    )
+
+
+def write_metrics(
+    rec: Reconstruction,
+    reference: np.ndarray,
+    out: Path,
+    pixel_size_m: float | None = None,
+    network_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score ``rec`` against ``reference``; write metrics.json and comparison.png into ``out``."""
+    from dataclasses import asdict
+
+    from ptychopinn.evaluation import write_comparison_figure
+    from ptychopinn.io.npz import write_json
+
+    result = evaluate_reconstruction(rec, reference, pixel_size_m or rec.pixel_size_m)
+    metrics = result.metrics.to_dict()
+    if rec.refinement is not None:
+        metrics["refinement"] = asdict(rec.refinement)
+    if network_metrics is not None:
+        metrics["network_only"] = network_metrics
+    write_json(Path(out) / "metrics.json", metrics)
+    write_comparison_figure(
+        Path(out) / "comparison.png",
+        result.aligned_reconstruction,
+        result.aligned_reference,
+        result.metrics,
+    )
+    return metrics
 
 
 def evaluate_reconstruction(
@@ -326,7 +395,7 @@ def evaluate_reconstruction(
     reference: np.ndarray,
     pixel_size_m: float | None = None,
 ) -> Any:
-    """Compare a reconstruction with a reference object on the same object grid (SPEC §8).
+    """Compare a reconstruction with a reference object on the same object grid.
 
     The comparison is restricted to the well-reconstructed region (central
     support of every patch), with registration, global phase and ramp removed.
@@ -334,9 +403,8 @@ def evaluate_reconstruction(
     from ptychopinn.evaluation import compare, scanned_region
 
     rec_full = reconstruction.on_object_grid(reference.shape)
-    n = int(reconstruction.metadata.get("N", 64))
-    box = scanned_region(reconstruction.positions_px, n, reference.shape)
+    box = scanned_region(reconstruction.positions_px, reconstruction.N, reference.shape)
     return compare(rec_full, reference, crop_box=box, pixel_size_m=pixel_size_m)
 
 
-__all__ += ["Bundle", "Normalization"]
+__all__ += ["Bundle", "Normalization", "Reconstruction", "network_reconstruction", "write_metrics"]

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Ptychodus's ``n_filters_scale`` counts from upstream's network, whose standard size is 2;
+#: ptychopinn's standard size is 1 (its default network), so 2 maps to 1.
+UPSTREAM_FILTERS_SCALE = 2.0
+
 __all__ = ["ConfigManager", "facade_configs", "resolve_hardware"]
 
 
@@ -99,12 +103,12 @@ class ConfigManager:
             if value is not None and int(value) != int(d.C):
                 raise ConfigError(f"ModelConfig.{name} = {value} must equal DataConfig.C = {d.C}")
         accelerator, devices, strategy = resolve_hardware(t)
+        defaults = CoreTrainingConfig()
         model = CoreModelConfig(
             N=n,
             gridsize=d.gridsize,
-            n_filters_scale=float(m.n_filters_scale),
+            n_filters_scale=float(m.n_filters_scale) / UPSTREAM_FILTERS_SCALE,
             amp_activation=m.core_amp_activation,  # type: ignore[arg-type]
-            probe_big=bool(m.probe_big),
             probe_mask=m.core_probe_mask,
             mode=m.core_mode,  # type: ignore[arg-type]
         )
@@ -113,14 +117,13 @@ class ConfigManager:
             batch_size=int(t.batch_size),
             learning_rate=float(t.learning_rate),
             scheduler=t.core_scheduler,  # type: ignore[arg-type]
-            warmup_fraction=t.core_warmup_fraction,
+            warmup_fraction=t.core_warmup_fraction or defaults.warmup_fraction,
             loss="mae" if m.core_loss == "mae" or not t.nll else "poisson",
             seed=int(t.seed),
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
             num_workers=int(t.num_workers),
-            diffraction_units="counts",
         )
         return Config(model=model, training=training)
 
@@ -169,7 +172,7 @@ def facade_configs(
         probe_big=m.probe_big,
         loss_function="MAE" if t.loss == "mae" else "Poisson",
         amp_activation=m.amp_activation,
-        n_filters_scale=m.n_filters_scale,
+        n_filters_scale=m.n_filters_scale * UPSTREAM_FILTERS_SCALE,
         probe_mask=m.probe_mask,
         C_model=m.C,
         C_forward=m.C,
@@ -179,7 +182,7 @@ def facade_configs(
         epochs=t.max_epochs,
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,
-        scheduler="Cosine" if t.scheduler == "cosine" else "Default",
+        scheduler=t.scheduler.capitalize(),
         warmup_epochs=round(t.warmup_fraction * t.max_epochs),
         device="cuda" if t.accelerator in ("gpu", "cuda") else t.accelerator,
         num_workers=t.num_workers,

@@ -32,15 +32,19 @@ class InferenceEngine:
         self.ptycho_model = ptycho_model
         self.config_manager = config_manager or ConfigManager.from_loaded_model(ptycho_model)
 
-    def _device(self) -> str:
+    def _device(self) -> Any:
         """A GPU when there is one (inference needs no multi-device set-up), else the CPU."""
-        import torch
+        from ptychopinn.device import torch_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return torch_device("auto")
 
-    def reconstruct(self, data_loader: PtychoDataLoader) -> Any:
-        """The :class:`ptychopinn.inference.Reconstruction` (canvas with its origin)."""
-        from ptychopinn.inference import reconstruct
+    def reconstruct(self, data_loader: PtychoDataLoader, refine: int | str = "auto") -> Any:
+        """The :class:`ptychopinn.reconstruction.Reconstruction` (canvas with its origin).
+
+        As ``ptychopinn infer`` does by default: the network's reconstruction, refined until
+        held-out patterns stop becoming more likely (``refine=0``: the network alone).
+        """
+        from ptychopinn.workflows import reconstruct
 
         if data_loader.scan is None:
             raise DataError("InferenceEngine: the data loader holds no scan")
@@ -49,9 +53,10 @@ class InferenceEngine:
         return reconstruct(
             bundle,
             data_loader.scan,
+            refine=refine,
             batch_size=int(inference.batch_size),
             device=self._device(),
-            weights=inference.core_weights,  # type: ignore[arg-type]
+            weights=inference.core_weights,
         )
 
     def predict_and_stitch(self, data_loader: PtychoDataLoader) -> np.ndarray:

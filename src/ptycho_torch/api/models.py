@@ -17,7 +17,7 @@ from ptycho_torch.config_params import (
     ModelConfig,
     TrainingConfig,
 )
-from ptychopinn.config import Config
+from ptychopinn.config import Config, migrate_saved_config
 from ptychopinn.errors import BundleError, ConfigError
 
 __all__ = ["PtychoModel"]
@@ -67,7 +67,7 @@ class PtychoModel:
         else:
             hparams, _ = read_checkpoint(checkpoint_path)
             try:
-                config = Config.from_dict(hparams["config"])
+                config = Config.from_dict(migrate_saved_config(hparams["config"]))
             except (ConfigError, TypeError) as exc:
                 raise BundleError(f"{checkpoint_path}: config: {exc}") from exc
         return facade_configs(config)

@@ -17,19 +17,68 @@ logger = logging.getLogger(__name__)
 class Groups:
     """Pattern indices per group and positions relative to the group centre.
 
+    A group holds ``P = K * C`` patterns: ``K`` network inputs of ``C = channels`` patterns
+    each, input by input (the first C members are the first input's channels).
+
     Shapes
     ------
-    indices : (G, C) int64, pattern index of each member
+    indices : (G, P) int64, pattern index of each member
     centers_px : (G, 2) float64, (y, x) mean position of the group
-    offsets_px : (G, C, 2) float64, member position minus the group centre
+    offsets_px : (G, P, 2) float64, member position minus the group centre
     """
 
     indices: np.ndarray
     centers_px: np.ndarray
     offsets_px: np.ndarray
+    channels: int = 1
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+    @property
+    def inputs_per_group(self) -> int:
+        """K: network inputs per group."""
+        return int(self.indices.shape[1]) // self.channels
+
+
+def training_groups(
+    positions_px: np.ndarray,
+    gridsize: int,
+    overlap_grid: int = 1,
+    overlap_stride: int = 1,
+    n_groups: int | None = None,
+    seed: int = 0,
+    scan_index: np.ndarray | None = None,
+) -> Groups:
+    """Overlap groups of network inputs, each input ``gridsize**2`` neighbouring patterns.
+
+    Each group is seeded at one pattern: its ``K = overlap_grid**2`` inputs are the positions
+    nearest to a lattice around the seed, ``overlap_stride`` scan steps apart
+    (:func:`group_positions`), and each input holds its position's ``C = gridsize**2``
+    nearest neighbours as channels (upstream's groups; at gridsize 1 the position alone).
+    With ``overlap_grid`` 1 a group is one input: what inference predicts.
+
+    Shapes
+    ------
+    positions_px : (M, 2) float, (y, x); returns groups of P = K * C members
+    """
+    overlap = group_positions(
+        positions_px, overlap_grid, n_groups, seed, scan_index, overlap_stride
+    )
+    if gridsize == 1:
+        return overlap
+    channel = group_positions(positions_px, gridsize, None, seed, scan_index)  # (M, C)
+    indices = channel.indices[overlap.indices]  # (G, K, C)
+    g = indices.shape[0]
+    indices = indices.reshape(g, -1)
+    pos = np.asarray(positions_px, dtype=np.float64)[indices]  # (G, P, 2)
+    centers = pos.mean(axis=1)
+    return Groups(
+        indices=indices,
+        centers_px=centers,
+        offsets_px=pos - centers[:, None],
+        channels=gridsize * gridsize,
+    )
 
 
 def group_positions(

@@ -1,4 +1,4 @@
-"""Chunked HDF5 scans: the scan NPZ keys (SPEC §4.1) in an HDF5 file that streams from disk.
+"""Chunked HDF5 scans: the scan NPZ keys in an HDF5 file that streams from disk.
 
 Scans of 10^5-10^6 patterns do not fit in memory; this format keeps them on disk and reads
 the patterns as they are needed (training items, inference chunks).

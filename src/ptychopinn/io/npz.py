@@ -1,4 +1,4 @@
-"""Scan NPZ files (SPEC §4.1): read into :class:`ScanData`, write atomically.
+"""Scan NPZ files: read into :class:`ScanData`, write atomically.
 
 The diffraction stack of an NPZ written without compression (``np.savez``, as
 :func:`write_scan_npz` does) is memory-mapped rather than loaded: the zip member's bytes are
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 UnitsRequest = Literal["auto", "amplitude", "counts"]
 
-#: NPZ keys memory-mapped when stored uncompressed (the diffraction stack, SPEC §4.1).
+#: NPZ keys memory-mapped when stored uncompressed (the diffraction stack).
 MAPPED_KEYS = ("diffraction", "diff3d")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _CRC_BLOCK_BYTES = 16 * 1024**2
@@ -149,7 +149,7 @@ def _map_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.memmap | N
 def scan_from_arrays(
     arrays: dict[str, np.ndarray], source: str, units: UnitsRequest = "auto"
 ) -> ScanData:
-    """Interpret SPEC §4.1 keys and build a validated :class:`ScanData`."""
+    """Interpret scan NPZ keys and build a validated :class:`ScanData`."""
     if "diffraction" in arrays:
         diff_key = "diffraction"
     elif "diff3d" in arrays:
@@ -260,12 +260,12 @@ def _warn_if_counts_like(diff: Any, source: str, key: str) -> None:
 
 
 def read_npz(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> ScanData:
-    """Read a SPEC §4.1 scan NPZ."""
+    """Read a scan NPZ scan NPZ."""
     return scan_from_arrays(load_npz_arrays(path), str(path), units)
 
 
 def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
-    """The SPEC §4.1 keys for a scan (diffraction kept in its stored units)."""
+    """The scan NPZ keys for a scan (diffraction kept in its stored units)."""
     diff = np.asarray(scan.diffraction[:])
     out: dict[str, np.ndarray] = {
         "diffraction": diff,
@@ -299,7 +299,7 @@ def write_npz(
 
 
 def write_scan_npz(path: str | os.PathLike[str], scan: ScanData) -> None:
-    """Write a scan as a SPEC §4.1 NPZ. Counts are stored as integers, amplitudes as float32."""
+    """Write a scan as a scan NPZ NPZ. Counts are stored as integers, amplitudes as float32."""
     arrays = scan_to_arrays(scan)
     if scan.units == "counts" and arrays["diffraction"].dtype.kind == "f":
         arrays["diffraction"] = np.round(arrays["diffraction"]).astype(np.int32)

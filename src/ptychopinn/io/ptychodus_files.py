@@ -1,4 +1,4 @@
-"""Ptychodus product and diffraction files (SPEC §4.2), read and written with h5py.
+"""Ptychodus product and diffraction files, read and written with h5py.
 
 A Ptychodus scan is a pair of HDF5 files in one directory:
 
@@ -40,6 +40,7 @@ import contextlib
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ from ptychopinn.io.scan import ScanData
 if TYPE_CHECKING:
     import h5py
 
-    from ptychopinn.inference import Reconstruction
+    from ptychopinn.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,113 @@ def _check_pixel_size(
         )
 
 
+@dataclass
+class _Product:
+    """What ``product.h5`` holds, checked: its attributes, object, probe and positions."""
+
+    path: Path
+    attrs: dict[str, Any]
+    object: np.ndarray  # (layers, H, W) complex
+    geometry: dict[str, float]  # center_x_m, center_y_m, pixel_width_m, pixel_height_m
+    probe: np.ndarray  # (P, H, W) complex
+    probe_pixel_m: float
+    position_indexes: np.ndarray  # (K,) int
+    x_m: np.ndarray  # (K,)
+    y_m: np.ndarray  # (K,)
+
+
+def _read_product(product: Path) -> _Product:
+    with _open(product) as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        obj_ds = _dataset(product, f, "object")
+        geometry = {
+            key: _attr(product, obj_ds, key, "object")
+            for key in ("center_x_m", "center_y_m", "pixel_width_m", "pixel_height_m")
+        }
+        obj = np.asarray(obj_ds[()])
+        probe_ds = _dataset(product, f, "probe")
+        probe = np.asarray(probe_ds[()])
+        probe_px_m = float(np.asarray(probe_ds.attrs.get("pixel_width_m", np.nan)))
+        position_indexes = np.asarray(_dataset(product, f, "probe_position_indexes")[()])
+        x_m = _real(product, "probe_position_x_m", _dataset(product, f, "probe_position_x_m")[()])
+        y_m = _real(product, "probe_position_y_m", _dataset(product, f, "probe_position_y_m")[()])
+    if obj.ndim == 2:
+        obj = obj[None]
+    if obj.ndim != 3 or obj.shape[0] < 1 or obj.dtype.kind != "c":
+        raise DataError(
+            f"{product}: object: expected complex [layers, H, W], got {obj.dtype} {obj.shape}"
+        )
+    if obj.shape[0] > 1:
+        logger.warning("%s: object has %d layers; using layer 0", product, obj.shape[0])
+    if probe.ndim == 4:
+        if probe.shape[0] > 1:
+            logger.warning("%s: probe has %d OPR modes; using the first", product, probe.shape[0])
+        probe = probe[0]
+    for pixel_key in ("pixel_width_m", "pixel_height_m"):
+        if not geometry[pixel_key] > 0:
+            raise DataError(
+                f"{product}: object.{pixel_key}: expected > 0, got {geometry[pixel_key]}"
+            )
+    if position_indexes.ndim != 1 or position_indexes.dtype.kind not in "iu":
+        raise DataError(
+            f"{product}: probe_position_indexes: expected 1-D integers, got "
+            f"{position_indexes.dtype} {position_indexes.shape}"
+        )
+    if x_m.shape != position_indexes.shape or y_m.shape != position_indexes.shape:
+        raise DataError(
+            f"{product}: probe_position_x_m/_y_m: expected shape {position_indexes.shape}, got "
+            f"{x_m.shape} and {y_m.shape}"
+        )
+    if position_indexes.size == 0:
+        raise DataError(f"{product}: probe_position_indexes: no positions")
+    return _Product(product, attrs, obj, geometry, probe, probe_px_m, position_indexes, x_m, y_m)
+
+
+def _read_diffraction(
+    diffraction: Path, product: _Product, source: str
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, float | None]:
+    """The patterns paired with the product's positions.
+
+    Returns the stack (in memory, or streamed from the file when large and complete), the
+    paired rows, their x and y positions (metres), the pattern indexes, the bad-pixel mask and
+    the detector pixel width.
+    """
+    h5 = _open(diffraction)
+    try:
+        patterns = _dataset(diffraction, h5, "patterns")
+        pattern_indexes = np.asarray(_dataset(diffraction, h5, "indexes")[()])
+        bad_pixels = np.asarray(h5["bad_pixels"][()]) if "bad_pixels" in h5 else None
+        detector_px_m = patterns.attrs.get("detector_pixel_width_m")
+        if pattern_indexes.dtype.kind not in "iu":
+            raise DataError(
+                f"{diffraction}: indexes: expected integers, got dtype {pattern_indexes.dtype}"
+            )
+        if patterns.ndim != 3 or patterns.shape[0] == 0:
+            raise DataError(
+                f"{diffraction}: patterns: expected (M, H, W) with M >= 1, got {patterns.shape}"
+            )
+        if pattern_indexes.shape != (patterns.shape[0],):
+            raise DataError(
+                f"{diffraction}: expected patterns (M, H, W) and indexes (M,), got "
+                f"{patterns.shape} and {pattern_indexes.shape}"
+            )
+        rows, x_sel, y_sel = _pair_positions(
+            source, pattern_indexes, product.position_indexes, product.x_m, product.y_m
+        )
+        identity = rows.size == patterns.shape[0]
+        nbytes = rows.size * int(np.prod(patterns.shape[1:])) * patterns.dtype.itemsize
+        if identity and nbytes > IN_MEMORY_LIMIT_BYTES:
+            from ptychopinn.io.hdf5 import H5Array
+
+            stack: Any = H5Array(diffraction, "patterns")  # streams; reopened per process
+        else:
+            stack = np.asarray(patterns[()]) if identity else np.asarray(patterns[()])[rows]
+    finally:
+        h5.close()
+    detector = float(detector_px_m) if detector_px_m is not None else None
+    return stack, rows, x_sel, y_sel, pattern_indexes, bad_pixels, detector
+
+
 def read_scan(
     product_path: str | os.PathLike[str],
     diffraction_path: str | os.PathLike[str] | None = None,
@@ -274,146 +382,103 @@ def read_scan(
     if given.is_file():
         with _open(given):  # a damaged or non-HDF5 file is named before its companion is sought
             pass
-    product, diffraction = resolve_pair(product_path, diffraction_path)
-    source = f"{product} + {diffraction.name}"
-    with _open(product) as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        obj_ds = _dataset(product, f, "object")
-        obj_geom = {
-            key: _attr(product, obj_ds, key, "object")
-            for key in ("center_x_m", "center_y_m", "pixel_width_m", "pixel_height_m")
-        }
-        obj = np.asarray(obj_ds[()])
-        probe_ds = _dataset(product, f, "probe")
-        probe = np.asarray(probe_ds[()])
-        probe_px_m = float(np.asarray(probe_ds.attrs.get("pixel_width_m", np.nan)))
-        position_indexes = np.asarray(_dataset(product, f, "probe_position_indexes")[()])
-        x_m = _real(product, "probe_position_x_m", _dataset(product, f, "probe_position_x_m")[()])
-        y_m = _real(product, "probe_position_y_m", _dataset(product, f, "probe_position_y_m")[()])
-    if obj.ndim == 2:
-        obj = obj[None]
-    if obj.ndim != 3 or obj.shape[0] < 1 or obj.dtype.kind != "c":
-        raise DataError(
-            f"{product}: object: expected complex [layers, H, W], got {obj.dtype} {obj.shape}"
-        )
-    if obj.shape[0] > 1:
-        logger.warning("%s: object has %d layers; using layer 0", product, obj.shape[0])
-    if probe.ndim == 4:
-        if probe.shape[0] > 1:
-            logger.warning("%s: probe has %d OPR modes; using the first", product, probe.shape[0])
-        probe = probe[0]
-    for pixel_key in ("pixel_width_m", "pixel_height_m"):
-        if not obj_geom[pixel_key] > 0:
-            raise DataError(
-                f"{product}: object.{pixel_key}: expected > 0, got {obj_geom[pixel_key]}"
-            )
-    if position_indexes.ndim != 1 or position_indexes.dtype.kind not in "iu":
-        raise DataError(
-            f"{product}: probe_position_indexes: expected 1-D integers, got "
-            f"{position_indexes.dtype} {position_indexes.shape}"
-        )
-    if x_m.shape != position_indexes.shape or y_m.shape != position_indexes.shape:
-        raise DataError(
-            f"{product}: probe_position_x_m/_y_m: expected shape {position_indexes.shape}, got "
-            f"{x_m.shape} and {y_m.shape}"
-        )
-    if position_indexes.size == 0:
-        raise DataError(f"{product}: probe_position_indexes: no positions")
-
-    h5 = _open(diffraction)
-    try:
-        patterns = _dataset(diffraction, h5, "patterns")
-        pattern_indexes = np.asarray(_dataset(diffraction, h5, "indexes")[()])
-        bad_pixels = np.asarray(h5["bad_pixels"][()]) if "bad_pixels" in h5 else None
-        detector_px_m = patterns.attrs.get("detector_pixel_width_m")
-        if pattern_indexes.dtype.kind not in "iu":
-            raise DataError(
-                f"{diffraction}: indexes: expected integers, got dtype {pattern_indexes.dtype}"
-            )
-        if patterns.ndim != 3 or patterns.shape[0] == 0:
-            raise DataError(
-                f"{diffraction}: patterns: expected (M, H, W) with M >= 1, got {patterns.shape}"
-            )
-        if pattern_indexes.shape != (patterns.shape[0],):
-            raise DataError(
-                f"{diffraction}: expected patterns (M, H, W) and indexes (M,), got "
-                f"{patterns.shape} and {pattern_indexes.shape}"
-            )
-        rows, x_sel, y_sel = _pair_positions(source, pattern_indexes, position_indexes, x_m, y_m)
-        identity = rows.size == patterns.shape[0]
-        nbytes = rows.size * int(np.prod(patterns.shape[1:])) * patterns.dtype.itemsize
-        if identity and nbytes > IN_MEMORY_LIMIT_BYTES:
-            from ptychopinn.io.hdf5 import H5Array
-
-            stack: Any = H5Array(diffraction, "patterns")  # streams; reopened per process
-        else:
-            stack = np.asarray(patterns[()]) if identity else np.asarray(patterns[()])[rows]
-    finally:
-        h5.close()
-
-    n = int(stack.shape[-1])
-    _, ho, wo = obj.shape
-    geometry = (obj_geom["center_y_m"], obj_geom["pixel_height_m"], ho)
-    pos_y = ptychodus_to_scan_px(y_sel, geometry[0], geometry[1], ho, n)
-    pos_x = ptychodus_to_scan_px(x_sel, obj_geom["center_x_m"], obj_geom["pixel_width_m"], wo, n)
-    positions = np.stack([pos_y, pos_x], axis=1)
-    _check_pixel_size(
-        source,
-        attrs,
-        n,
-        float(detector_px_m) if detector_px_m is not None else None,
-        obj_geom["pixel_width_m"],
+    product_file, diffraction = resolve_pair(product_path, diffraction_path)
+    source = f"{product_file} + {diffraction.name}"
+    product = _read_product(product_file)
+    stack, rows, x_sel, y_sel, indexes, bad_pixels, detector_m = _read_diffraction(
+        diffraction, product, source
     )
-    if math.isfinite(probe_px_m) and abs(probe_px_m / obj_geom["pixel_width_m"] - 1) > 1e-6:
+    n = int(stack.shape[-1])
+    g = product.geometry
+    _, ho, wo = product.object.shape
+    pos_y = ptychodus_to_scan_px(y_sel, g["center_y_m"], g["pixel_height_m"], ho, n)
+    pos_x = ptychodus_to_scan_px(x_sel, g["center_x_m"], g["pixel_width_m"], wo, n)
+    positions = np.stack([pos_y, pos_x], axis=1)
+    _check_pixel_size(source, product.attrs, n, detector_m, g["pixel_width_m"])
+    probe_m = product.probe_pixel_m
+    if math.isfinite(probe_m) and abs(probe_m / g["pixel_width_m"] - 1) > 1e-6:
         logger.warning(
             "%s: probe pixel width %.4g m differs from the object pixel width %.4g m",
-            product,
-            probe_px_m,
-            obj_geom["pixel_width_m"],
-        )
-    reference: np.ndarray | None = obj[0]
+            product_file, probe_m, g["pixel_width_m"],
+        )  # fmt: skip
+    reference: np.ndarray | None = product.object[0]
     lo = np.floor(positions.min(axis=0)) - n // 2
     hi = np.ceil(positions.max(axis=0)) - n // 2 + n
     if lo.min() < 0 or hi[0] > ho or hi[1] > wo:
         logger.warning(
             "%s: some patches leave the %dx%d object; the object is not used as a reference",
-            product,
-            ho,
-            wo,
-        )
+            product_file, ho, wo,
+        )  # fmt: skip
         reference = None
     metadata = {
         "ptychodus": {
-            "product": str(product),
+            "product": str(product_file),
             "diffraction": str(diffraction),
-            "attrs": attrs,
+            "attrs": product.attrs,
             "object_shape": [int(ho), int(wo)],
-            "object_pixel_size_m": [obj_geom["pixel_height_m"], obj_geom["pixel_width_m"]],
-            "object_center_m": [obj_geom["center_y_m"], obj_geom["center_x_m"]],
-            "position_indexes": pattern_indexes[rows].astype(np.int64).tolist(),
+            "object_pixel_size_m": [g["pixel_height_m"], g["pixel_width_m"]],
+            "object_center_m": [g["center_y_m"], g["center_x_m"]],
+            "position_indexes": indexes[rows].astype(np.int64).tolist(),
         },
-        "pixel_size_m": obj_geom["pixel_width_m"],
+        "pixel_size_m": g["pixel_width_m"],
     }
     logger.info(
         "%s: %d patterns of %dx%d, object %dx%d at %.4g m/px",
-        source,
-        rows.size,
-        n,
-        n,
-        ho,
-        wo,
-        obj_geom["pixel_width_m"],
-    )
+        source, rows.size, n, n, ho, wo, g["pixel_width_m"],
+    )  # fmt: skip
     return ScanData(
         diffraction=stack,
         units="counts",
         positions_px=positions,
-        probe=probe,
+        probe=product.probe,
         object=reference,
         bad_pixels=bad_pixels,
         source=source,
         metadata=metadata,
     )
+
+
+def _positions_for_product(
+    template: Path,
+    scan: ScanData | None,
+    geom: dict[str, float],
+    shape: tuple[int, ...],
+    indexes: np.ndarray,
+    x_m: np.ndarray,
+    y_m: np.ndarray,
+    extra: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The positions to write: the scan's (in metres, with its position indexes) when it was
+    read from a Ptychodus product, else the template's. ``extra``'s photon counts follow the
+    indexes."""
+    ho, wo = shape
+    meta = (scan.metadata.get("ptychodus") if scan is not None else None) or {}
+    if scan is not None and meta:
+        if list(meta.get("object_shape", [])) != [ho, wo]:
+            raise DataError(
+                f"{template}: object is {ho}x{wo} but the scan was read from a product with "
+                f"object {meta.get('object_shape')}"
+            )
+        n = scan.N
+        y_m = scan_px_to_ptychodus(
+            scan.positions_px[:, 0], geom["center_y_m"], geom["pixel_height_m"], ho, n
+        )
+        x_m = scan_px_to_ptychodus(
+            scan.positions_px[:, 1], geom["center_x_m"], geom["pixel_width_m"], wo, n
+        )
+        new_indexes = np.asarray(meta["position_indexes"], dtype=np.int64)
+        counts = extra.pop("probe_photon_counts", None)
+        if counts is not None and counts.shape == indexes.shape:  # keyed by position index
+            by_index = dict(zip(indexes.tolist(), counts.tolist(), strict=True))
+            if all(i in by_index for i in new_indexes.tolist()):
+                extra["probe_photon_counts"] = np.asarray([by_index[i] for i in new_indexes])
+        indexes = new_indexes
+    elif scan is not None:
+        logger.warning(
+            "%s: the scan was not read from a Ptychodus product; writing the template's positions",
+            scan.source,
+        )
+    return indexes, x_m, y_m
 
 
 def write_product(
@@ -467,32 +532,9 @@ def write_product(
         x_m = np.asarray(_dataset(template, f, "probe_position_x_m")[()], dtype=np.float64)
         y_m = np.asarray(_dataset(template, f, "probe_position_y_m")[()], dtype=np.float64)
     ho, wo = shape
-    meta = (scan.metadata.get("ptychodus") if scan is not None else None) or {}
-    if scan is not None and meta:
-        if list(meta.get("object_shape", [])) != [ho, wo]:
-            raise DataError(
-                f"{template}: object is {ho}x{wo} but the scan was read from a product with "
-                f"object {meta.get('object_shape')}"
-            )
-        n = scan.N
-        y_m = scan_px_to_ptychodus(
-            scan.positions_px[:, 0], geom["center_y_m"], geom["pixel_height_m"], ho, n
-        )
-        x_m = scan_px_to_ptychodus(
-            scan.positions_px[:, 1], geom["center_x_m"], geom["pixel_width_m"], wo, n
-        )
-        new_indexes = np.asarray(meta["position_indexes"], dtype=np.int64)
-        counts = extra.pop("probe_photon_counts", None)
-        if counts is not None and counts.shape == indexes.shape:  # keyed by position index
-            by_index = dict(zip(indexes.tolist(), counts.tolist(), strict=True))
-            if all(i in by_index for i in new_indexes.tolist()):
-                extra["probe_photon_counts"] = np.asarray([by_index[i] for i in new_indexes])
-        indexes = new_indexes
-    elif scan is not None:
-        logger.warning(
-            "%s: the scan was not read from a Ptychodus product; writing the template's positions",
-            scan.source,
-        )
+    indexes, x_m, y_m = _positions_for_product(
+        template, scan, geom, shape, indexes, x_m, y_m, extra
+    )
     obj = reconstruction.on_object_grid((ho, wo))[None]  # (1, Ho, Wo)
     attrs["name"] = (
         name if name is not None else f"{_plain(attrs.get('name', 'product'))}_ptychopinn"

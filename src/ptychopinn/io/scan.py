@@ -164,8 +164,18 @@ class ScanData:
     def n_probe_modes(self) -> int:
         return int(self.probe.shape[0])
 
+    @property
+    def good_pixels(self) -> np.ndarray | None:
+        """(N, N) float32, 1 where the detector is good and 0 at ``bad_pixels``; None if none."""
+        if self.bad_pixels is None or not self.bad_pixels.any():
+            return None
+        return (~self.bad_pixels).astype(np.float32)
+
     def amplitudes(self, index: np.ndarray | slice | None = None) -> np.ndarray:
-        """Diffraction amplitudes sqrt(counts) as float32.
+        """Diffraction amplitudes sqrt(counts) as float32, 0 at ``bad_pixels``.
+
+        Bad pixels read 0 for the network, and every likelihood leaves them out
+        (:attr:`good_pixels`), so a dead or hot pixel neither misleads nor counts.
 
         Parameters
         ----------
@@ -182,7 +192,10 @@ class ScanData:
         else:
             raw = take(self.diffraction, index)
         raw = raw.astype(np.float32, copy=False)
-        return np.sqrt(raw) if self.units == "counts" else raw
+        amplitude = np.sqrt(raw) if self.units == "counts" else raw
+        if self.bad_pixels is not None and self.bad_pixels.any():
+            amplitude = np.where(self.bad_pixels, np.float32(0), amplitude)
+        return amplitude
 
     def mean_total_intensity(self, max_patterns: int = 4096) -> float:
         """Mean over patterns of the summed intensity sum(amplitude**2) (photons if counts)."""

@@ -22,25 +22,3 @@ class ObjectNetwork(nn.Module):
 
     def forward(self, x: Tensor, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
-
-
-class PerPatternNetwork(ObjectNetwork):
-    """A single-pattern network applied to every pattern of a group (shared weights).
-
-    Shapes
-    ------
-    input : (B, C, N, N) normalised diffraction amplitudes, run as (B * C, 1, N, N)
-    output : amplitude and phase (B, C, N, N); pattern c's patch depends on pattern c only
-    """
-
-    def __init__(self, single: ObjectNetwork):
-        super().__init__()
-        self.single = single
-
-    def set_probe(self, probe: Tensor) -> None:
-        self.single.set_probe(probe)
-
-    def forward(self, x: Tensor, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        b, c, n, m = x.shape
-        amplitude, phase = self.single(x.reshape(b * c, 1, n, m), probe)
-        return amplitude.reshape(b, c, n, m), phase.reshape(b, c, n, m)

@@ -29,6 +29,8 @@ from ptychopinn.physics.functional import fft2c, ifft2c
 
 #: Regularisation of the probe division, as a fraction of the probe's peak intensity.
 PROBE_DIVISION_EPS = 0.05
+#: Pixels of context the U-Net sees on each side of the region it predicts.
+CONTEXT_PX = 0
 
 
 def backpropagate(amplitude: Tensor, probe: Tensor) -> Tensor:
@@ -44,20 +46,25 @@ def backpropagate(amplitude: Tensor, probe: Tensor) -> Tensor:
     far = fft2c(p)
     psi = ifft2c(torch.polar(amplitude, torch.angle(far).expand_as(amplitude)))
     power = p.abs().square()
-    return psi * p.conj() / (power + PROBE_DIVISION_EPS * power.max())
+    floor = (PROBE_DIVISION_EPS * power.max()).clamp_min(torch.finfo(power.dtype).tiny)
+    return psi * p.conj() / (power + floor)  # an all-zero probe gives zeros, not NaN
 
 
 class BackpropUNet(ObjectNetwork):
     """Diffraction amplitudes -> back-propagated estimate -> U-Net -> amplitude and phase.
 
-    Four levels with filters ``(16, 32, 64, 128) x n_filters_scale`` (three poolings, at any
-    N); with ``stem_stride = 2`` the U-Net runs at N/2 and its output is upsampled.
+    The U-Net sees the estimate on the window of the object it predicts (the central support
+    and :data:`CONTEXT_PX` on each side; the whole frame with ``probe_big``): outside the
+    probe the estimate holds nothing, so the rest of the frame would only cost time (models
+    saved before the window see the whole frame, ``unet_input = "frame"``). Four levels
+    with filters ``(16, 32, 64, 128) x n_filters_scale`` (three poolings); with
+    ``stem_stride = 2`` the U-Net runs at half resolution and its output is upsampled.
 
     Shapes
     ------
     input : (B, C, N, N) normalised diffraction amplitudes; probe (P, N, N) complex
     output : amplitude (B, C, N, N) >= 0 and phase (B, C, N, N) in (-pi, pi), zero outside
-        the central support
+        the central support (the whole frame with ``probe_big``)
     """
 
     probe: Tensor
@@ -87,10 +94,15 @@ class BackpropUNet(ObjectNetwork):
             for i in reversed(range(len(filters) - 1))
         )
         self.head = nn.Conv2d(filters[0], 2 * c, 3, padding=1)
-        support = config.support_px
-        self._crop = slice((n - support) // 2, (n - support) // 2 + support)
-        pad = (n - support) // 2
-        self._pad = (pad, n - support - pad, pad, n - support - pad)
+        predicted = config.predicted_px
+        frame = config.unet_input == "frame"
+        self.window_px = n if frame else min(n, predicted + 2 * CONTEXT_PX)
+        start = (n - self.window_px) // 2
+        self._window = slice(start, start + self.window_px)
+        margin = (self.window_px - predicted) // 2
+        self._crop = slice(margin, margin + predicted)
+        pad = (n - predicted) // 2
+        self._pad = (pad, n - predicted - pad, pad, n - predicted - pad)
         self.register_buffer("probe", torch.zeros(1, n, n, dtype=torch.complex64), persistent=False)
 
     def set_probe(self, probe: Tensor) -> None:
@@ -99,20 +111,21 @@ class BackpropUNet(ObjectNetwork):
 
     def forward(self, x: Tensor, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
         estimate = backpropagate(x, self.probe if probe is None else probe)  # (B, C, N, N)
-        h = torch.cat([estimate.real, estimate.imag], dim=1)  # (B, 2C, N, N)
+        estimate = estimate[..., self._window, self._window]  # (B, C, W, W)
+        h = torch.cat([estimate.real, estimate.imag], dim=1)  # (B, 2C, W, W)
         skips = [self.stem(h)]
         for block in self.down:
-            skips.append(block(F.max_pool2d(skips[-1], 2)))
+            skips.append(block(F.max_pool2d(skips[-1], 2, ceil_mode=True)))
         h = skips.pop()
         for block in self.up:
             skip = skips.pop()
             h = block(
                 torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
             )
-        out = self.head(h)  # (B, 2C, N / stride, N / stride)
-        if out.shape[-1] != self.config.N:
+        out = self.head(h)  # (B, 2C, W / stride, W / stride)
+        if out.shape[-1] != self.window_px:
             out = F.interpolate(
-                out, size=(self.config.N,) * 2, mode="bilinear", align_corners=False
+                out, size=(self.window_px,) * 2, mode="bilinear", align_corners=False
             )
         out = out[..., self._crop, self._crop]
         amp_logits, phase_logits = out.chunk(2, dim=1)  # (B, C, S, S) each

@@ -13,7 +13,6 @@ from ptychopinn.physics.functional import (
     extract_patches,
     far_field_amplitude,
     merge_patches,
-    normalize_probe,
     patch_weights,
 )
 
@@ -55,12 +54,6 @@ class ForwardModel(nn.Module):
         self.register_buffer("probe", probe)
         self.register_buffer("support", support.to(torch.float32), persistent=False)
         self.merge_weights = merge_weights
-
-    @classmethod
-    def from_raw_probe(
-        cls, probe: Tensor, support: Tensor, probe_mask: bool = False
-    ) -> ForwardModel:
-        return cls(normalize_probe(probe.to(torch.complex64)), support, probe_mask)
 
     def merge_group(self, patches: Tensor, offsets_px: Tensor) -> Tensor:
         """Merge then re-extract the patches of each group.

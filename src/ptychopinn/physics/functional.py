@@ -314,28 +314,37 @@ def poisson_nll(
     scale: float,
     eps: float = 1e-6,
     mask: Tensor | None = None,
+    per_pattern: bool = False,
 ) -> Tensor:
     """Poisson negative log-likelihood per pattern (up to the data-only constant).
 
     With expected counts ``lam = (s * A_hat)**2`` and measured ``k = (s * X)**2``:
-    ``sum(lam - k * log(lam + eps))`` over pixels, averaged over the leading axes.
+    ``sum(lam - k * log(lam + eps))`` over pixels, averaged over the leading axes (or, with
+    ``per_pattern``, one value per pattern).
 
     Shapes
     ------
     predicted_amplitude, measured_amplitude : (..., n, n)
     mask : (n, n) of 0/1 (1 = use pixel), optional
-    returns scalar
+    returns scalar, or (...) with ``per_pattern``
     """
     lam = (scale * predicted_amplitude).square()
     k = (scale * measured_amplitude).square()
     nll = lam - k * torch.log(lam + eps)
     if mask is not None:
         nll = nll * mask
-    return nll.sum(dim=(-2, -1)).mean()
+    per = nll.sum(dim=(-2, -1))
+    return per if per_pattern else per.mean()
 
 
 def object_nll(
-    obj: Tensor, positions_px: Tensor, probe: Tensor, measured_amplitude: Tensor, scale: float
+    obj: Tensor,
+    positions_px: Tensor,
+    probe: Tensor,
+    measured_amplitude: Tensor,
+    scale: float,
+    per_pattern: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Poisson negative log-likelihood per pattern of patterns measured on an object canvas.
 
@@ -348,11 +357,13 @@ def object_nll(
     positions_px : (K, 2) (y, x) on the canvas grid
     probe : (P, N, N) complex
     measured_amplitude : (K, N, N)
-    returns scalar (mean over the K patterns)
+    mask : (N, N) 0/1, the detector pixels that count (None: all)
+    returns scalar (mean over the K patterns), or (K,) with ``per_pattern``
     """
     n = measured_amplitude.shape[-1]
     patches = extract_patches(obj[None], positions_px[None], n)[0]  # (K, N, N)
-    return poisson_nll(far_field_amplitude(probe, patches), measured_amplitude, scale)
+    predicted = far_field_amplitude(probe, patches)
+    return poisson_nll(predicted, measured_amplitude, scale, mask=mask, per_pattern=per_pattern)
 
 
 def amplitude_mae(

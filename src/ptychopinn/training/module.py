@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -12,18 +11,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from ptychopinn.config import Config
+from ptychopinn.config import Config, migrate_saved_config
 from ptychopinn.data.dataset import Normalization
-from ptychopinn.models import build_network
+from ptychopinn.models import build_network, migrate_state_dict, prediction_support
 from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS, COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.forward import ForwardModel
-from ptychopinn.physics.functional import (
-    amplitude_mae,
-    normalize_probe,
-    poisson_nll,
-    square_support,
-)
+from ptychopinn.physics.functional import amplitude_mae, normalize_probe, poisson_nll
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +25,18 @@ logger = logging.getLogger(__name__)
 class PtychoPINNModule(L.LightningModule):
     """Trains the network of the config through the physics (or on labels, supervised).
 
+    A batch holds overlap groups of ``P = K * C`` patterns: ``K`` network inputs of ``C``
+    channels each. The network predicts each input's ``C`` patches; the forward model merges
+    the group's ``P`` patches into one object before the likelihood of every pattern.
+
     Parameters
     ----------
     config : ``Config.to_dict()`` (plain data, saved in checkpoints)
     normalization : ``Normalization.to_dict()``
     n_probe_modes : number of incoherent probe modes
     probe : (P, N, N) complex raw probe (not a hyperparameter: lives in the state dict)
+    good_pixels : (N, N) 0/1 detector mask of the likelihood (the data's ``bad_pixels`` are
+        0); not saved: a module restored from a checkpoint counts every pixel
     """
 
     def __init__(
@@ -45,33 +45,44 @@ class PtychoPINNModule(L.LightningModule):
         normalization: dict[str, Any],
         n_probe_modes: int = 1,
         probe: Tensor | None = None,
+        good_pixels: Tensor | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["probe"])
-        self.cfg = Config.from_dict(config)
+        self.save_hyperparameters(ignore=["probe", "good_pixels"])
+        self.cfg = Config.from_dict(migrate_saved_config(config))
         self.normalization = Normalization.from_dict(normalization)
         m = self.cfg.model
         self.net = build_network(m)
         # channels-last convolutions: same values, 1.1x faster on a CPU in float32 and 1.5x
         # with bf16-mixed (torch's stubs lack the memory_format overload of Module.to)
         self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        support = square_support(m.N, m.support_px)
+        support = prediction_support(m)
         if probe is None:  # restored from a checkpoint: the state dict fills it
             initial = torch.zeros(n_probe_modes, m.N, m.N, dtype=torch.complex64)
         else:
             initial = normalize_probe(probe.to(torch.complex64))
         self.physics = ForwardModel(initial, support, m.probe_mask, m.merge_weights)
+        self.good_pixels: Tensor | None
+        self.register_buffer("good_pixels", good_pixels, persistent=False)
         self._epoch_start = 0.0
         self._epoch_patterns = 0
 
     def forward(self, amplitude: Tensor) -> Tensor:
-        """Complex object patches (B, C, N, N) from normalised amplitudes (B, C, N, N).
+        """Complex object patches (B, P, N, N) from normalised amplitudes (B, P, N, N).
 
-        Complex64 under bf16-mixed autocast too (see :func:`object_patches`), so the physics
-        and the likelihood stay in float32.
+        The P patterns of a group are ``P / C`` network inputs of ``C`` channels. Complex64
+        under bf16-mixed autocast too (see :func:`object_patches`), so the physics and the
+        likelihood stay in float32.
         """
-        x = amplitude.contiguous(memory_format=torch.channels_last)
-        return object_patches(*self.net(x, self.physics.probe))
+        b, p, n, _ = amplitude.shape
+        c = self.cfg.model.C
+        x = amplitude.reshape(b * p // c, c, n, n).contiguous(memory_format=torch.channels_last)
+        patches = object_patches(*self.net(x, self.physics.probe))  # (B * K, C, N, N)
+        return patches.reshape(b, p, n, n)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints of earlier versions name some weights differently."""
+        checkpoint["state_dict"] = migrate_state_dict(checkpoint["state_dict"], "net.")
 
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         x = batch["amplitude"]  # (B, C, N, N)
@@ -85,9 +96,11 @@ class PtychoPINNModule(L.LightningModule):
         else:
             predicted = self.physics(patches, batch["offsets"])  # (B, C, N, N)
             if t.loss == "poisson":
-                loss = poisson_nll(predicted, x, self.normalization.intensity_scale)
+                loss = poisson_nll(
+                    predicted, x, self.normalization.intensity_scale, mask=self.good_pixels
+                )
             else:
-                loss = amplitude_mae(predicted, x)
+                loss = amplitude_mae(predicted, x, mask=self.good_pixels)
         batch_size = x.shape[0]
         # mean over ranks (one scalar all-reduce per step under DDP)
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
@@ -136,6 +149,21 @@ class PtychoPINNModule(L.LightningModule):
                 COLLAPSE_THRESHOLD,
             )
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set this step's learning rate: warmup, then constant or cosine (plateau: its own)."""
+        t = self.cfg.training
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        step = self.trainer.global_step
+        done, next_done = step / total, (step + 1) / total
+        if t.max_time is not None:  # the run ends at max_time if that comes first
+            elapsed = _timer_elapsed_s(self.trainer) / t.max_time
+            done, next_done = max(done, elapsed), max(next_done, elapsed)
+        if t.scheduler == "plateau" and done >= t.warmup_fraction:
+            return  # ReduceLROnPlateau owns the rate after the warmup
+        rate = t.learning_rate * lr_factor(done, next_done, t.warmup_fraction, t.scheduler)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = rate
+
     def configure_optimizers(self) -> Any:
         t = self.cfg.training
         # the fused kernel: one pass over all parameters (5-7 % faster steps at batch 2 on a CPU)
@@ -143,38 +171,38 @@ class PtychoPINNModule(L.LightningModule):
         optimizer = torch.optim.Adam(
             self.parameters(), lr=t.learning_rate, betas=(0.9, t.adam_beta2), fused=fused
         )
-        if t.scheduler == "plateau":
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
-            datamodule = getattr(self.trainer, "datamodule", None)
-            has_val = getattr(datamodule, "val_set", None) is not None
-            monitor = "val_loss" if has_val else "train_loss"
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": plateau, "monitor": monitor},
-            }
-        if t.scheduler == "constant" and t.warmup_fraction == 0:
+        if t.scheduler != "plateau":  # the rate is set per step (on_train_batch_start)
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(t.warmup_fraction * total))
-        factor = functools.partial(
-            lr_factor, warmup=warmup, total=total, cosine=t.scheduler == "cosine"
-        )
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        has_val = getattr(datamodule, "val_set", None) is not None
+        monitor = "val_loss" if has_val else "train_loss"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": monitor}}
 
 
-def lr_factor(step: int, warmup: int, total: int, cosine: bool) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` of ``total``.
+def _timer_elapsed_s(trainer: L.Trainer) -> float:
+    """Training time so far as Lightning's Timer counts it (restored on --resume)."""
+    from lightning.pytorch.callbacks import Timer
 
-    Rises linearly over the first ``warmup`` steps (1/warmup at step 0, 1 at step warmup),
-    then stays at 1 or, with ``cosine``, falls as half a cosine to 0 at step ``total``.
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, Timer):
+            return float(callback.time_elapsed("train"))
+    return 0.0
 
-    >>> [round(lr_factor(s, 2, 6, True), 2) for s in range(7)]
+
+def lr_factor(done: float, next_done: float, warmup: float, scheduler: str) -> float:
+    """Learning-rate multiplier of a step, from the fraction of the run done before and after it.
+
+    Rises linearly over the first ``warmup`` of the run (``next_done / warmup``, so the first
+    step already moves), then stays at 1 (``constant``) or falls as half a cosine to 0 at the
+    end of the run (``cosine``). Six steps, warmup a third of them:
+
+    >>> [round(lr_factor(s / 6, (s + 1) / 6, 1 / 3, "cosine"), 2) for s in range(7)]
     [0.5, 1.0, 1.0, 0.85, 0.5, 0.15, 0.0]
     """
-    if step < warmup:
-        return (step + 1) / warmup
-    if not cosine:
+    if done < warmup:
+        return min(1.0, next_done / warmup)
+    if scheduler != "cosine":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, (done - warmup) / max(1e-12, 1.0 - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))

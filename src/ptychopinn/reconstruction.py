@@ -1,0 +1,204 @@
+"""The result of inference: a stitched object on the object pixel grid, and what made it.
+
+:class:`Reconstruction` has a typed field for everything code reads (the pattern size, the
+collapse flag, what refinement did); ``metadata`` is for people. ``save`` writes
+``reconstruction.npz`` and the amplitude and phase PNGs; ``load`` reads a
+``reconstruction.npz`` back, checking every key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ptychopinn.errors import DataError
+from ptychopinn.io.images import save_image
+from ptychopinn.io.npz import load_npz_arrays, write_npz
+
+OUTPUT_NAMES = ("reconstruction.npz", "reconstructed_amplitude.png", "reconstructed_phase.png")
+
+
+@dataclass(frozen=True)
+class RefinementRecord:
+    """What likelihood refinement did to a reconstruction.
+
+    Attributes
+    ----------
+    requested : ``"auto"`` or the number of passes asked for
+    passes : passes over the patterns whose result was kept (0: the start was kept)
+    stop_reason : why it stopped, in words
+    start : ``network`` (the network's reconstruction) or ``flat``
+    seconds : wall time of refinement
+    network_nll : with ``auto``: mean Poisson NLL of the held-out patterns under the start
+    final_nll : with ``auto``: the same under the result
+    held_out_fraction : with ``auto``: share of the patterns held out to decide when to stop
+    probe_refined : whether the probe was refined too
+    """
+
+    requested: str
+    passes: int
+    stop_reason: str
+    start: Literal["network", "flat"] = "network"
+    seconds: float = 0.0
+    network_nll: float | None = None
+    final_nll: float | None = None
+    held_out_fraction: float | None = None
+    probe_refined: bool = False
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A stitched reconstruction on the object pixel grid.
+
+    Attributes
+    ----------
+    object : (H, W) complex64; canvas pixel (r, c) is object pixel (r, c) + origin_px
+    origin_px : object pixel of canvas pixel (0, 0)
+    coverage : (H, W) float32, summed stitching weight (0 = not reconstructed)
+    positions_px : (K, 2) float64, (y, x) object pixels of the patterns used
+    N : pattern (and patch) size in pixels
+    probe : (P, N, N) complex64 probe of the forward model (normalised units), or None
+    pixel_size_m : object pixel size, when known
+    collapsed : the network predicted nearly the same patch for every pattern
+    refinement : what refinement did (None: the network alone)
+    metadata : everything else, for people (JSON)
+    """
+
+    object: np.ndarray
+    origin_px: tuple[int, int]
+    coverage: np.ndarray
+    positions_px: np.ndarray
+    N: int
+    probe: np.ndarray | None = None
+    pixel_size_m: float | None = None
+    collapsed: bool = False
+    refinement: RefinementRecord | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        return np.abs(self.object)
+
+    @property
+    def phase(self) -> np.ndarray:
+        return np.angle(self.object)
+
+    def replace(self, **changes: Any) -> Reconstruction:
+        return replace(self, **changes)
+
+    def on_object_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """The reconstruction pasted into an array of the object's shape (zeros elsewhere)."""
+        out = np.zeros(shape, dtype=np.complex64)
+        r0, c0 = self.origin_px
+        h, w = self.object.shape
+        src_r0, src_c0 = max(0, -r0), max(0, -c0)
+        dst_r0, dst_c0 = max(0, r0), max(0, c0)
+        dst_r1, dst_c1 = min(shape[0], r0 + h), min(shape[1], c0 + w)
+        if dst_r1 > dst_r0 and dst_c1 > dst_c0:
+            out[dst_r0:dst_r1, dst_c0:dst_c1] = self.object[
+                src_r0 : src_r0 + dst_r1 - dst_r0, src_c0 : src_c0 + dst_c1 - dst_c0
+            ]
+        return out
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write ``reconstruction.npz`` and the amplitude and phase PNGs, each atomically."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {
+            "object": self.object,
+            "amplitude": self.amplitude.astype(np.float32),
+            "phase": self.phase.astype(np.float32),
+            "coverage": self.coverage,
+            "origin_px": np.asarray(self.origin_px, dtype=np.int64),
+            "positions_px": self.positions_px,
+            "xcoords": self.positions_px[:, 1],
+            "ycoords": self.positions_px[:, 0],
+            "N": np.asarray(self.N, dtype=np.int64),
+            "collapsed": np.asarray(self.collapsed),
+            "pixel_size_m": np.asarray(
+                np.nan if self.pixel_size_m is None else self.pixel_size_m, dtype=np.float64
+            ),
+            "refinement": np.asarray(
+                json.dumps(asdict(self.refinement) if self.refinement else None)
+            ),
+            "metadata": np.asarray(json.dumps(self.metadata, default=_plain)),
+        }
+        if self.probe is not None:
+            arrays["probe"] = self.probe.astype(np.complex64)
+        write_npz(out / "reconstruction.npz", arrays)
+        paths = [out / "reconstruction.npz"]
+        mask = self.coverage > 0
+        for name, image, cmap in (
+            ("reconstructed_amplitude.png", self.amplitude, "gray"),
+            ("reconstructed_phase.png", np.where(mask, self.phase, 0.0), "twilight"),
+        ):
+            save_image(out / name, image, cmap, mask)
+            paths.append(out / name)
+        return paths
+
+    @classmethod
+    def load(cls, path: str | Path) -> Reconstruction:
+        """Read a ``reconstruction.npz`` (also one written before the typed fields)."""
+        arrays = load_npz_arrays(path)
+        for key in ("object", "origin_px", "coverage", "positions_px"):
+            if key not in arrays:
+                raise DataError(f"{path}: missing key '{key}' of a reconstruction.npz")
+        obj = np.asarray(arrays["object"])
+        if obj.ndim != 2 or not np.iscomplexobj(obj):
+            raise DataError(
+                f"{path}: object: expected a 2-D complex array, got {obj.dtype} {obj.shape}"
+            )
+        coverage = np.asarray(arrays["coverage"], dtype=np.float32)
+        if coverage.shape != obj.shape:
+            raise DataError(
+                f"{path}: coverage: expected shape {obj.shape} (the object's), got {coverage.shape}"
+            )
+        origin = np.asarray(arrays["origin_px"])
+        positions = np.asarray(arrays["positions_px"], dtype=np.float64)
+        if origin.shape != (2,) or positions.ndim != 2 or positions.shape[1:] != (2,):
+            raise DataError(
+                f"{path}: expected origin_px (2,) and positions_px (K, 2), got "
+                f"{origin.shape} and {positions.shape}"
+            )
+        metadata = _json(path, arrays, "metadata") or {}
+        n = int(arrays["N"]) if "N" in arrays else metadata.get("N")
+        if not isinstance(n, int) or n < 1:
+            raise DataError(f"{path}: missing the pattern size N of a reconstruction.npz")
+        size = float(arrays["pixel_size_m"]) if "pixel_size_m" in arrays else math.nan
+        refinement = _json(path, arrays, "refinement")
+        return cls(
+            object=obj.astype(np.complex64),
+            origin_px=(int(origin[0]), int(origin[1])),
+            coverage=coverage,
+            positions_px=positions,
+            N=n,
+            probe=arrays.get("probe"),
+            pixel_size_m=None if math.isnan(size) else size,
+            collapsed=bool(arrays["collapsed"])
+            if "collapsed" in arrays
+            else bool(metadata.get("collapsed", False)),
+            refinement=RefinementRecord(**refinement) if refinement else None,
+            metadata=metadata,
+        )
+
+
+def _json(path: str | Path, arrays: dict[str, Any], key: str) -> Any:
+    if key not in arrays:
+        return None
+    try:
+        return json.loads(str(arrays[key]))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"{path}: {key}: not valid JSON ({exc})") from exc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
