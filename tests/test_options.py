@@ -161,3 +161,58 @@ def test_old_saved_configs_are_translated():
     channels = {"model": {"N": 64, "gridsize": 2, "per_pattern": False, "group_stride": 1}}
     m = Config.from_dict(migrate_saved_config(channels)).model
     assert (m.gridsize, m.overlap_grid) == (2, 1)
+
+
+def test_refine_and_precision_values_are_checked_before_any_work(tmp_path, run_cli, user_error):
+    """``--refine -1`` used to be refused only after the whole reconstruction had run."""
+    for flag, value in (("--refine", "-1"), ("--refine", "some"), ("--precision", "16")):
+        result = run_cli(
+            "infer", "--model_path", "missing", "--data", "missing.npz", "--output_dir", "o",
+            flag, value, cwd=tmp_path,
+        )  # fmt: skip
+        user_error(result, flag)  # the flag, not the missing files, is what is reported
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_accelerator_that_is_missing_is_said_and_one_that_is_there_is_used(monkeypatch, caplog):
+    """``--accelerator mps`` used to run on the CPU silently; ``auto`` takes a CUDA GPU."""
+    import torch
+
+    from ptychopinn import device
+
+    with caplog.at_level("WARNING", logger="ptychopinn.device"):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        assert device.torch_device("mps").type == "cpu"
+        assert "MPS is not available" in caplog.text
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert device.torch_device("cuda").type == "cpu"
+        assert "no CUDA GPU" in caplog.text
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device.torch_device("mps").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.resolve_accelerator("auto") == "gpu"
+    assert device.torch_device("auto").type == "cuda"
+
+
+def test_supervised_validation_without_labels_is_refused_before_training(tmp_path, tiny_scan):
+    """It used to die mid-run with a bare KeyError."""
+    import dataclasses
+
+    from ptychopinn import workflows as pp
+    from ptychopinn.errors import DataError
+
+    unlabelled = dataclasses.replace(tiny_scan, object=None, patches=None, source="val.npz")
+    config = Config(model=ModelConfig(N=32, mode="supervised"))
+    with pytest.raises(DataError, match="val.npz: supervised validation needs"):
+        pp.train(config, tiny_scan, tmp_path / "run", val_scan=unlabelled, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_diffraction_units_is_no_longer_a_training_field():
+    """It was validated and stored but never read; saved configs holding it still load."""
+    with pytest.raises(ConfigError, match="unknown keys"):
+        Config.from_dict({"training": {"diffraction_units": "counts"}})
+    from ptychopinn.config import migrate_saved_config
+
+    saved = {"model": {"N": 32}, "training": {"diffraction_units": "counts"}}
+    assert Config.from_dict(migrate_saved_config(saved)).training.max_epochs == 20

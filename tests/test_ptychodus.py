@@ -8,7 +8,6 @@ subprocess exactly as a beamline user runs it (default device ``cuda``, strategy
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -63,15 +62,8 @@ num_channels = 1
 grid_size_x = 1
 grid_size_y = 1
 
-[PtychoPINNTorchModel]
-probe_big = False
-num_filters_scale = 1
-
 [PtychoPINNTorchTraining]
 epochs = {epochs}
-batch_size = 16
-learning_rate = 0.002
-learning_rate_scheduler = Cosine
 """
 
 
@@ -278,6 +270,11 @@ def test_facade_from_np_returns_object_on_input_grid():
     assert np.abs(obj).max() > 0  # a module built without a probe still stitches its patches
 
 
+#: Epochs of the batch test: Ptychodus's other training settings stay at its defaults (the
+#: default recipe); one pattern per network input, as on the command line.
+EPOCHS = 8
+
+
 @pytest.fixture(scope="module")
 def batch_data(tmp_path_factory):
     """IN/{diffraction.h5, product.h5, settings.ini, training.npz} from a scan-centred object."""
@@ -288,7 +285,7 @@ def batch_data(tmp_path_factory):
         )
     )
     product = write_pair(root / "IN", scan)
-    (root / "IN" / "settings.ini").write_text(SETTINGS.format(epochs=25))
+    (root / "IN" / "settings.ini").write_text(SETTINGS.format(epochs=EPOCHS))
     # Ptychodus's "Export Training Data" for this backend
     reconstruct_input = prepare_reconstruct_input(
         AssembledDiffractionData(
@@ -337,16 +334,13 @@ def test_ptychodus_batch_train_then_reconstruct(batch_data):
     box = scanned_region(scan.positions_px, N, scan.object.shape)
     trained_m = evaluate(obj, scan.object, crop_box=box)
     untrained_m = evaluate(untrained_reconstruction(scan), scan.object, crop_box=box)
-    # 25 epochs on 256 patterns teach this network the amplitude, not yet the phase: measured
-    # amplitude SSIM 0.26-0.27 against 0.16 untrained, amplitude FRC over rings 1-6 0.79-0.82
-    # against 0.05, phase MAE 0.555-0.566 rad against 0.564 (1 or 2 threads)
-    assert trained_m.amplitude_ssim >= 0.12, trained_m
-    assert trained_m.amplitude_ssim > untrained_m.amplitude_ssim + 0.05, (trained_m, untrained_m)
-    trained_frc = np.mean(trained_m.frc_amplitude_curve[1:7])
-    untrained_frc = np.mean(untrained_m.frc_amplitude_curve[1:7])
-    assert trained_frc >= 0.5 and trained_frc > untrained_frc + 0.3, (trained_frc, untrained_frc)
-    assert trained_m.frc50_rings is not None and trained_m.frc50_rings >= 2.5, trained_m
-    assert not math.isnan(trained_m.phase_mae) and trained_m.phase_mae < 1.0, trained_m
+    # Ptychodus's reconstruction is the default inference (the network, then refine auto):
+    # measured phase / amplitude SSIM PTYCHODUS_MEASURED; the untrained network alone
+    # UNTRAINED_MEASURED
+    assert trained_m.phase_ssim >= 0.8, trained_m
+    assert trained_m.amplitude_ssim >= 0.5, trained_m
+    assert trained_m.phase_ssim > untrained_m.phase_ssim + 0.3, (trained_m, untrained_m)
+    assert "refine auto" in log  # the default inference ran
 
 
 def untrained_reconstruction(scan: ScanData) -> np.ndarray:
@@ -359,15 +353,12 @@ def untrained_reconstruction(scan: ScanData) -> np.ndarray:
         PtychoDataLoader,
         PtychoModel,
     )
-    from ptycho_torch.config_params import DataConfig, ModelConfig
+    from ptycho_torch.config_params import DataConfig
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptychopinn.data.dataset import Normalization
 
     torch.manual_seed(0)
-    cm = ConfigManager(
-        data_config=DataConfig(N=N, C=1, grid_size=(1, 1)),
-        model_config=ModelConfig(n_filters_scale=1, probe_big=False),
-    )
+    cm = ConfigManager(data_config=DataConfig(N=N, C=1, grid_size=(1, 1)))
     config = cm.to_config(n=N)
     module = PtychoPINN_Lightning(
         config.to_dict(),
@@ -382,7 +373,8 @@ def untrained_reconstruction(scan: ScanData) -> np.ndarray:
         config_manager=cm,
     )
     model = PtychoModel(cm.model_config, cm.data_config, model=module)
-    return InferenceEngine(config_manager=cm, ptycho_model=model).predict_and_stitch(loader)
+    rec = InferenceEngine(config_manager=cm, ptycho_model=model).reconstruct(loader, refine=0)
+    return rec.on_object_grid(scan.object.shape)
 
 
 def test_every_keyword_ptychodus_builds_is_accepted_and_mapped(caplog):

@@ -332,8 +332,8 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Build from plain data, rejecting unknown sections and keys.
 
-        Configs written by earlier versions (``per_pattern``, ``group_stride``,
-        ``diffraction_units``) are translated to the current fields.
+        Model sections written by earlier versions (``per_pattern``, ``group_stride``) are
+        translated to the current fields; whole saved configs: :func:`migrate_saved_config`.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
@@ -344,7 +344,7 @@ class Config:
         training = dict(data.get("training", {}))
         return cls(
             model=section_from_dict(ModelConfig, migrate_model_section(model)),
-            training=section_from_dict(TrainingConfig, migrate_training_section(training)),
+            training=section_from_dict(TrainingConfig, training),
         )
 
     def replace(self, **sections: Any) -> Config:
@@ -365,7 +365,10 @@ def migrate_saved_config(data: dict[str, Any]) -> dict[str, Any]:
         return data
     model = migrate_model_section({"overlap_grid": 1, "overlap_stride": 1, **model})
     model.setdefault("unet_input", "frame")
-    return {**data, "model": model}
+    training = data.get("training")
+    if isinstance(training, dict):
+        training = migrate_training_section(training)
+    return {**data, "model": model, "training": training or {}}
 
 
 def migrate_model_section(model: dict[str, Any]) -> dict[str, Any]:

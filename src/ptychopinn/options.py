@@ -178,7 +178,7 @@ def resolve_config(
     Returns the config and, for each value that departs from the default recipe, where it
     came from (``section.name`` -> ``preset fast`` / ``--config`` / ``flag`` / ``data``).
     """
-    from ptychopinn.config import migrate_model_section, migrate_training_section
+    from ptychopinn.config import migrate_model_section
 
     file_values = read_config_file(config_file) if config_file else {}
     if file_values:
@@ -187,7 +187,7 @@ def resolve_config(
             raise ConfigError(f"{config_file}: unknown sections {sorted(unknown)}")
         file_values = {
             "model": migrate_model_section(dict(file_values.get("model", {}))),
-            "training": migrate_training_section(dict(file_values.get("training", {}))),
+            "training": dict(file_values.get("training", {})),
         }
     merged, sources = resolve(preset, file_values, flags)
     model = merged.get("model", {})
