@@ -433,7 +433,7 @@ def field_choices(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def _base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
+def base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
     """(accepted Python types, whether None is allowed) of an annotation."""
     args = typing.get_args(annotation) if typing.get_origin(annotation) is not Literal else ()
     optional = type(None) in args
@@ -449,7 +449,7 @@ def _base_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
 
 def check_value(name: str, annotation: Any, meta: Any, value: Any) -> None:
     """Raise :class:`ConfigError` when ``value`` does not fit the field."""
-    types, optional = _base_types(annotation)
+    types, optional = base_types(annotation)
     if value is None:
         if optional:
             return

@@ -21,6 +21,7 @@ from ptychopinn.config import (
     Config,
     ModelConfig,
     TrainingConfig,
+    base_types,
     check_value,
     field_choices,
     field_types,
@@ -61,26 +62,27 @@ def parse_duration_s(text: str) -> float:
         raise ConfigError(f"expected seconds or [DD:]HH:MM:SS, got {text!r}") from None
 
 
+def _parse_text(name: str, annotation: Any, text: str) -> Any:
+    """A flag's text as the field's type: a number, a choice of its Literal, or text."""
+    if name == "max_time":
+        return parse_duration_s(text)
+    if name == "devices":
+        return text if text == "auto" else int(text)
+    choices = field_choices(annotation)
+    kinds = {type(c) for c in choices} if choices else set(base_types(annotation)[0])
+    if int in kinds and str not in kinds:
+        return int(text)
+    if float in kinds:
+        return float(text)
+    return text
+
+
 def _converter(section: str, f: Field[Any], annotation: Any) -> Any:
     """argparse ``type`` for a field: parse the text, then check it like a config value."""
-    name = f"{section}.{f.name}"
-    hint = str(annotation)
 
     def convert(text: str) -> Any:
-        value: Any
         try:
-            if f.name == "max_time":
-                value = parse_duration_s(text)
-            elif f.name == "devices":
-                value = text if text == "auto" else int(text)
-            elif "int" in hint and "float" not in hint and "str" not in hint:
-                value = int(text)
-            elif "float" in hint:
-                value = float(text)
-            else:
-                value = text
-            if f.name == "stem_stride":
-                value = int(text)
+            value = _parse_text(f.name, annotation, text)
             check_value(f.name, annotation, f.metadata, value)
             _check_registry(f.name, value)
         except (ValueError, ConfigError) as exc:
@@ -88,7 +90,7 @@ def _converter(section: str, f: Field[Any], annotation: Any) -> Any:
             raise argparse.ArgumentTypeError(message.removeprefix(f"{f.name}: ")) from None
         return value
 
-    convert.__name__ = name  # argparse names the converter in its "invalid value" errors
+    convert.__name__ = f"{section}.{f.name}"  # argparse names it in "invalid value" errors
     return convert
 
 
