@@ -685,7 +685,6 @@ def test_cli_refuses_the_corpus_in_process(
     """``ptychopinn.cli.main`` over the whole corpus: check, and train / infer on a subset."""
     from ptychopinn import cli
 
-    monkeypatch.setattr(cli, "_setup_logging", lambda args: None)  # keep pytest's handlers
     failures: dict[str, list[str]] = {}
     for command in ("check", "train", "infer"):
         for name, (path, fragment) in corpus.items():
@@ -949,7 +948,6 @@ def test_cli_check_refuses_a_bad_hdf5_scan(
 ) -> None:
     from ptychopinn import cli
 
-    monkeypatch.setattr(cli, "_setup_logging", lambda args: None)
     path = _write_scan_h5(work / "scan-cli.h5", diffraction=_NAN_PATTERN)
     capsys.readouterr()
     assert cli.main(["check", str(path)]) == 2

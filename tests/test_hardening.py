@@ -80,7 +80,6 @@ def isolated_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setattr(cli, "_setup_logging", lambda args: None)  # keep pytest's log capture
     yield
     for name, value in environment.items():
         if value is None:

@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 from ptychopinn import __version__
 from ptychopinn.config import Config, migrate_saved_config
 from ptychopinn.data.dataset import Normalization
-from ptychopinn.errors import BundleError, ConfigError
+from ptychopinn.errors import BundleError, ConfigError, DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.models import build_network, migrate_state_dict
 from ptychopinn.models.base import ObjectNetwork
@@ -166,25 +166,66 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     try:
         config = Config.from_dict(migrate_saved_config(config_data))
         normalization = Normalization.from_dict(norm_data)
-    except (ConfigError, KeyError, TypeError) as exc:
+    except (ConfigError, DataError, KeyError, TypeError) as exc:
         raise BundleError(f"{p}: config.json/normalization.json: {exc}") from exc
-    net = build_network(config.model)
-    try:
-        net.load_state_dict(migrate_state_dict(weights), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
+    if normalization.N != config.model.N:
         raise BundleError(
-            f"{p}: weights do not fit the network of its config (N = {config.model.N}, "
-            f"gridsize = {config.model.gridsize}): {' '.join(first[:2])}"
-        ) from exc
-    net.eval().to(map_location)
-    probe = torch.view_as_complex(probe_ri.float().contiguous()).to(map_location)
-    if probe.ndim != 3 or tuple(probe.shape[1:]) != (config.model.N, config.model.N):
-        raise BundleError(
-            f"{p}: probe: expected shape (P, {config.model.N}, {config.model.N}), got {tuple(probe.shape)}"
+            f"{p}: normalization.json has N = {normalization.N} but config.json {config.model.N}"
         )
+    weights = migrate_state_dict(weights)
+    _check_weights(p, config, weights)
+    probe = _checked_probe(p, probe_ri, config.model.N)
+    net = build_network(config.model)
+    net.load_state_dict(weights, strict=True)
+    net.eval().to(map_location)
+    probe = probe.to(map_location)
     net.set_probe(probe)
     return Bundle(config, normalization, net, probe, manifest)
+
+
+def _check_weights(p: Path, config: Config, weights: dict[str, torch.Tensor]) -> None:
+    """The weights fit the config's network (checked on the meta device: nothing is
+    allocated for a config that asks for a huge network) and are finite."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_network(config.model).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("other shapes", wrong),
+            )
+            if keys
+        )
+        raise BundleError(
+            f"{p}: weights do not fit the network of its config (N = {config.model.N}, "
+            f"gridsize = {config.model.gridsize}): {detail}"
+        )
+    for key, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise BundleError(f"{p}: weights: {key} holds NaN or Inf")
+
+
+def _checked_probe(p: Path, probe_ri: torch.Tensor, n: int) -> torch.Tensor:
+    """The stored (P, N, N, 2) probe as complex (P, N, N): at least one mode, finite, not zero."""
+    if probe_ri.ndim != 4 or probe_ri.shape[-1] != 2 or tuple(probe_ri.shape[1:3]) != (n, n):
+        raise BundleError(
+            f"{p}: probe: expected shape (P, {n}, {n}, 2) (real, imaginary), got "
+            f"{tuple(probe_ri.shape)}"
+        )
+    if probe_ri.shape[0] < 1:
+        raise BundleError(f"{p}: probe: expected at least one mode, got none")
+    probe = torch.view_as_complex(probe_ri.float().contiguous())
+    if not bool(torch.isfinite(probe_ri).all()):
+        raise BundleError(f"{p}: probe holds NaN or Inf")
+    if not bool((probe.abs() > 0).any()):
+        raise BundleError(f"{p}: probe is all zero")
+    return probe
 
 
 def _checked_members(p: Path, zf: zipfile.ZipFile) -> set[str]:
@@ -241,8 +282,10 @@ def _check_manifest(p: Path, manifest: dict[str, Any]) -> None:
             f"{p}: manifest format: expected {FORMAT!r}, got {manifest.get('format')!r}"
         )
     version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{p}: manifest format_version: expected an integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(
+            f"{p}: manifest format_version: expected an integer >= 1, got {version!r}"
+        )
     if version > FORMAT_VERSION:
         raise BundleError(
             f"{p}: bundle format_version {version} is newer than this ptychopinn "

@@ -11,15 +11,18 @@ stderr; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ptychopinn import __version__
 from ptychopinn.errors import ConfigError, PtychoPINNError
+from ptychopinn.io.outputs import os_error_message
 from ptychopinn.options import add_config_arguments, spellings
 
 logger = logging.getLogger("ptychopinn")
@@ -107,6 +110,17 @@ def _units(parser: Any) -> None:
     )
 
 
+def _memory(parser: Any) -> None:
+    _flag(
+        parser,
+        "--max_memory_gb",
+        type=POSITIVE,
+        default=None,
+        help="largest single allocation an input may ask for [GiB] (default: half the memory); "
+        "a glitched position or an absurd step is refused before it is made",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ptychopinn", description="Physics-informed neural network ptychography")
     parser.add_argument("--version", action="version", version=f"ptychopinn {__version__}")
@@ -133,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--output", "--output_file", required=True,
           help="file to write: .npz (scan NPZ) or .h5 (chunked HDF5, streamed to disk)")  # fmt: skip
-    p.add_argument("--N", type=int, default=64, help="pattern size in pixels, a power of two (64)")
+    p.add_argument("--N", type=int, default=64, choices=[32, 64, 128, 256],
+                   help="pattern size in pixels (64)")  # fmt: skip
     _flag(p, "--n_positions", type=POSITIVE_INT, default=None, help="scan positions (512)")
     _hidden(p, "deprecated_n_images", "--n_images", type=POSITIVE_INT)
     p.add_argument("--object", choices=["lines", "grf", "image"], default="grf",
@@ -149,6 +164,7 @@ def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--photons", "--nphotons", type=NON_NEGATIVE, default=1e6,
           help="mean photons per pattern with Poisson noise; 0 = noise-free amplitudes (1e6)")  # fmt: skip
     p.add_argument("--seed", type=SEED, default=0, help="random seed (0)")
+    _memory(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -220,6 +236,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
           help="compute device (auto: a GPU when present)")  # fmt: skip
     _hidden(p, "deprecated_device", "--device")
     _units(p)
+    _memory(p)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
 
 
@@ -244,9 +261,22 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
           help="compute device (auto: a GPU when present)")  # fmt: skip
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+@contextlib.contextmanager
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """Log messages (no levels, no times) to stderr while a command runs; the logging set-up
+    of the process is restored afterwards (for callers of :func:`main` in-process, whose own
+    handlers keep receiving the records meanwhile)."""
+    root = logging.getLogger()
+    level = root.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _resolve_aliases(args: argparse.Namespace) -> None:
@@ -298,7 +328,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if prog:
         parser.prog = prog
     args = parser.parse_args(argv)
-    _setup_logging(args)
+    with _logging_to_stderr(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command of ``args``, its errors as one line and an exit status."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
@@ -312,6 +347,25 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"ptychopinn {args.command}: error: {exc}", file=sys.stderr)
         # a NaN loss stops training with 3, a signal with 128 + its number
         return int(getattr(exc, "exit_status", EXIT_USAGE))
+    except BrokenPipeError:
+        # the reader of our output went away (ptychopinn check f | head -1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"ptychopinn {args.command}: error: output closed (broken pipe)", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a full or read-only disk, permissions, ...
+        if args.debug:
+            raise
+        print(f"ptychopinn {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        if args.debug:
+            raise
+        print(
+            f"ptychopinn {args.command}: error: out of memory (--max_memory_gb bounds what an "
+            "input may ask for; a smaller --batch_size needs less)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"ptychopinn {args.command}: interrupted", file=sys.stderr)
         return 130

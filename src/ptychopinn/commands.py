@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychopinn.errors import ConfigError, DataError
-from ptychopinn.io.outputs import refuse_existing
+from ptychopinn.errors import DataError
+from ptychopinn.io.outputs import check_output_file, output_set
 
 logger = logging.getLogger("ptychopinn")
 
@@ -26,13 +26,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from ptychopinn.io.npz import write_scan_npz
 
     out = Path(args.output)
-    kind = SCAN_SUFFIXES.get(out.suffix)
-    if kind is None:
-        raise ConfigError(
-            f"--output {out}: the suffix decides the format; expected .npz or .h5, got "
-            f"{out.suffix or 'none'!r}"
-        )
-    refuse_existing(out.parent, [out.name], args.overwrite)
+    kind = check_output_file(out, SCAN_SUFFIXES, args.overwrite)
     probe = None
     if args.probe_file:
         from ptychopinn.io.npz import load_npz_arrays
@@ -53,6 +47,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "probe": probe,
         "jitter_px": args.jitter_px,
+        "max_memory_gb": args.max_memory_gb,
     }
     if kind == "h5":  # chunked HDF5, written batch by batch
         info = write_simulated_scan_h5(out, **options)
@@ -138,36 +133,47 @@ INFER_OUTPUTS = (
 
 def run_infer(args: argparse.Namespace) -> int:
     from ptychopinn.device import inference_precision, torch_device
-    from ptychopinn.workflows import load_bundle, read_scan, reconstruct, refine_reconstruction
+    from ptychopinn.workflows import (
+        load_bundle,
+        read_scan,
+        reconstruct,
+        refine_options,
+        refine_reconstruction,
+    )
 
     out = Path(args.output_dir)
-    refuse_existing(out, INFER_OUTPUTS, args.overwrite)
-    device = torch_device(args.accelerator)
-    precision = inference_precision(args.precision, device)
-    bundle = load_bundle(args.model_path, map_location=device)
-    bundle.check_compatible(N=args.N, gridsize=args.gridsize, source=str(args.model_path))
-    scan = read_scan(args.data, args.diffraction_units)
-    network = reconstruct(
-        bundle,
-        scan,
-        refine=0,
-        n_groups=args.n_groups,
-        batch_size=args.batch_size,
-        device=device,
-        weights=args.stitch_weights,
-        synchronize=args.phase_sync,
-        precision=precision,
-    )
-    final = network
-    if args.refine != 0:
-        start = None if args.refine_from == "flat" else network
-        final = refine_reconstruction(
-            bundle, scan, start, passes=args.refine, refine_probe=args.refine_probe, device=device
+    with output_set(out, INFER_OUTPUTS, args.overwrite) as work:
+        device = torch_device(args.accelerator)
+        precision = inference_precision(args.precision, device)
+        bundle = load_bundle(args.model_path, map_location=device)
+        bundle.check_compatible(N=args.N, gridsize=args.gridsize, source=str(args.model_path))
+        scan = read_scan(args.data, args.diffraction_units)
+        network = reconstruct(
+            bundle,
+            scan,
+            refine=0,
+            n_groups=args.n_groups,
+            batch_size=args.batch_size,
+            device=device,
+            weights=args.stitch_weights,
+            synchronize=args.phase_sync,
+            precision=precision,
+            max_memory_gb=args.max_memory_gb,
         )
-    if args.pixel_size_m is not None:
-        final = final.replace(pixel_size_m=args.pixel_size_m)
-        network = network.replace(pixel_size_m=args.pixel_size_m)
-    _write_reconstructions(out, scan, final, network if final is not network else None)
+        final = network
+        if args.refine != 0:
+            start = None if args.refine_from == "flat" else network
+            options = refine_options(
+                bundle, start, args.refine, args.refine_probe, args.max_memory_gb
+            )
+            final = refine_reconstruction(
+                bundle, scan, start, args.refine, args.refine_probe, device, options
+            )
+        if args.pixel_size_m is not None:
+            final = final.replace(pixel_size_m=args.pixel_size_m)
+            network = network.replace(pixel_size_m=args.pixel_size_m)
+        _write_reconstructions(work, scan, final, network if final is not network else None)
+    logger.info("wrote %s", out)
     return 0
 
 
@@ -176,11 +182,9 @@ def _write_reconstructions(out: Path, scan: Any, final: Any, network: Any | None
     a Ptychodus product for a Ptychodus input, and metrics against a reference object."""
     from ptychopinn.workflows import write_metrics
 
-    for path in final.save(out):
-        logger.info("wrote %s", path)
+    final.save(out)
     if network is not None:
         network.save(out / "network")
-        logger.info("wrote %s (the network alone)", out / "network")
     if "ptychodus" in scan.metadata:  # a Ptychodus input gets a Ptychodus product back
         from ptychopinn.io.ptychodus_files import write_product
 
@@ -215,29 +219,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ptychopinn.reconstruction import Reconstruction
     from ptychopinn.workflows import write_metrics
 
-    out = Path(args.output_dir)
-    refuse_existing(out, ["metrics.json", "comparison.png"], args.overwrite)
-    ref_arrays = load_npz_arrays(args.reference)
-    if "objectGuess" not in ref_arrays:
-        raise DataError(f"{args.reference}: missing key 'objectGuess' (the reference object)")
-    reference = np.asarray(ref_arrays["objectGuess"])
-    if reference.ndim != 2:
-        raise DataError(
-            f"{args.reference}: objectGuess: expected a 2-D array, got {reference.shape}"
-        )
-    rec_arrays = load_npz_arrays(args.reconstruction)
-    if "object" in rec_arrays:
-        rec = Reconstruction.load(args.reconstruction)
-    elif "objectGuess" in rec_arrays:
-        rec = _object_guess_reconstruction(args.reconstruction, rec_arrays)
-    else:
-        raise DataError(
-            f"{args.reconstruction}: expected key 'object' (reconstruction.npz) or 'objectGuess'; "
-            f"found {sorted(rec_arrays)}"
-        )
-    metrics = write_metrics(rec, reference, out, args.pixel_size_m)
+    with output_set(Path(args.output_dir), EVALUATE_OUTPUTS, args.overwrite) as work:
+        ref_arrays = load_npz_arrays(args.reference)
+        if "objectGuess" not in ref_arrays:
+            raise DataError(f"{args.reference}: missing key 'objectGuess' (the reference object)")
+        reference = np.asarray(ref_arrays["objectGuess"])
+        if reference.ndim != 2 or not np.all(np.isfinite(reference)):
+            raise DataError(
+                f"{args.reference}: objectGuess: expected a finite 2-D array, got "
+                f"{reference.dtype} {reference.shape}"
+            )
+        if not np.any(reference):
+            raise DataError(f"{args.reference}: objectGuess is all zero: nothing to compare with")
+        rec_arrays = load_npz_arrays(args.reconstruction)
+        if "object" in rec_arrays:
+            rec = Reconstruction.load(args.reconstruction)
+        elif "objectGuess" in rec_arrays:
+            rec = _object_guess_reconstruction(args.reconstruction, rec_arrays)
+        else:
+            raise DataError(
+                f"{args.reconstruction}: expected key 'object' (reconstruction.npz) or "
+                f"'objectGuess'; found {sorted(rec_arrays)}"
+            )
+        metrics = write_metrics(rec, reference, work, args.pixel_size_m)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
     return 0
+
+
+EVALUATE_OUTPUTS = ("metrics.json", "comparison.png")
 
 
 def _object_guess_reconstruction(path: str, arrays: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ptychopinn.config import Config, ModelConfig, TrainingConfig
-from ptychopinn.errors import OutputExistsError
+from ptychopinn.io.outputs import output_set
 
 logger = logging.getLogger("ptychopinn")
 
@@ -23,6 +23,8 @@ logger = logging.getLogger("ptychopinn")
 DEMO_N = 64
 DEMO_POSITIONS = 576
 DEMO_PHOTONS = 1e6
+#: What the demo writes into its output directory.
+DEMO_OUTPUTS = ("scan.npz", "run", "reconstruction", "demo_metrics.json")
 
 
 def demo_config(
@@ -64,45 +66,40 @@ def run_demo(
         write_metrics,
     )
 
-    summary_path = out_dir / "demo_metrics.json"
-    if summary_path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out_dir}: holds an earlier demo (demo_metrics.json); pass --overwrite"
+    with output_set(out_dir, DEMO_OUTPUTS, overwrite) as work:
+        t0 = time.perf_counter()
+        scan = simulate_scan(
+            n=DEMO_N, object_kind="image", n_positions=DEMO_POSITIONS,
+            photons_per_pattern=DEMO_PHOTONS, seed=seed,
+        )  # fmt: skip
+        write_scan_npz(work / "scan.npz", scan)
+        logger.info("simulated %d patterns", scan.n_patterns)
+        config = demo_config(max_epochs, max_time, seed, accelerator)
+        run = train(config, scan, work / "run")
+        device = torch_device(accelerator)
+        bundle = load_bundle(run.bundle_path, map_location=device)
+        t_infer = time.perf_counter()
+        network = network_reconstruction(bundle, scan, device=device)
+        infer_s = time.perf_counter() - t_infer
+        final = refine_reconstruction(bundle, scan, network, "auto", device=device)
+        refine_s = time.perf_counter() - t_infer - infer_s
+        rec_dir = work / "reconstruction"
+        final.save(rec_dir)
+        network.save(rec_dir / "network")
+        assert scan.object is not None
+        network_metrics = write_metrics(network, scan.object, rec_dir / "network")
+        metrics = write_metrics(final, scan.object, rec_dir, network_metrics=network_metrics)
+        metrics.update(
+            recipe=run.recipe,
+            n_patterns=scan.n_patterns,
+            photons_per_pattern=DEMO_PHOTONS,
+            training_s=run.metrics.get("training_s"),
+            epochs=run.metrics.get("epochs"),
+            inference_s=infer_s,
+            refine_s=refine_s,
+            total_s=time.perf_counter() - t0,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    scan = simulate_scan(
-        n=DEMO_N, object_kind="image", n_positions=DEMO_POSITIONS,
-        photons_per_pattern=DEMO_PHOTONS, seed=seed,
-    )  # fmt: skip
-    write_scan_npz(out_dir / "scan.npz", scan)
-    logger.info("simulated %d patterns -> %s", scan.n_patterns, out_dir / "scan.npz")
-    config = demo_config(max_epochs, max_time, seed, accelerator)
-    run = train(config, scan, out_dir / "run", overwrite=overwrite)
-    device = torch_device(accelerator)
-    bundle = load_bundle(run.bundle_path, map_location=device)
-    t_infer = time.perf_counter()
-    network = network_reconstruction(bundle, scan, device=device)
-    infer_s = time.perf_counter() - t_infer
-    final = refine_reconstruction(bundle, scan, network, "auto", device=device)
-    refine_s = time.perf_counter() - t_infer - infer_s
-    rec_dir = out_dir / "reconstruction"
-    final.save(rec_dir)
-    network.save(rec_dir / "network")
-    assert scan.object is not None
-    network_metrics = write_metrics(network, scan.object, rec_dir / "network")
-    metrics = write_metrics(final, scan.object, rec_dir, network_metrics=network_metrics)
-    metrics.update(
-        recipe=run.recipe,
-        n_patterns=scan.n_patterns,
-        photons_per_pattern=DEMO_PHOTONS,
-        training_s=run.metrics.get("training_s"),
-        epochs=run.metrics.get("epochs"),
-        inference_s=infer_s,
-        refine_s=refine_s,
-        total_s=time.perf_counter() - t0,
-    )
-    write_json(summary_path, metrics)
+        write_json(work / "demo_metrics.json", metrics)
     logger.info(
         "demo: network alone phase SSIM %.3f, refined (%d passes) %.3f; %.0f s in all; "
         "outputs in %s",

@@ -19,5 +19,9 @@ class BundleError(PtychoPINNError):
     """A model bundle cannot be read, is unsafe, or does not fit the request."""
 
 
-class OutputExistsError(PtychoPINNError):
+class OutputError(PtychoPINNError):
+    """An output cannot be written: a path that is not a directory, a full or read-only disk."""
+
+
+class OutputExistsError(OutputError):
     """An output would overwrite an earlier run's results."""

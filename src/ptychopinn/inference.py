@@ -19,7 +19,7 @@ import torch
 from ptychopinn.bundle import Bundle
 from ptychopinn.data.dataset import GroupDataset, Normalization
 from ptychopinn.data.grouping import Groups, training_groups
-from ptychopinn.errors import ConfigError
+from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.scan import ScanData
 from ptychopinn.models import prediction_support
 from ptychopinn.models.base import ObjectNetwork
@@ -41,6 +41,9 @@ DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
 #: Patterns read, predicted, synchronised and stitched together when none is given: memory
 #: is flat in the number of patterns (about 0.6 GB of working memory per chunk at N = 64).
 DEFAULT_CHUNK_PATTERNS = 4096
+#: Memory per canvas pixel of a reconstruction: two stitchers' sums and weights, the result,
+#: and refinement's canvas, gradient, Adam moments and held-out twin (complex64).
+CANVAS_BYTES_PER_PX = 160.0
 #: Patches added to the canvas per call (the scatter's temporaries scale with it).
 _STITCH_BATCH = 1024
 
@@ -181,6 +184,7 @@ class _Stitching:
     n_chunks: int = 0
     variation: float | None = None
     nll: dict[str, float] = field(default_factory=dict)
+    signal: bool = False  # any pattern with a photon
 
 
 def inference_groups(bundle: Bundle, scan: ScanData, n_groups: int | None) -> Groups:
@@ -220,6 +224,7 @@ def _predict_chunk(
 ) -> torch.Tensor:
     """Predict one chunk's inputs (B, C, N, N) -> patches (B * C, S, S) on the window."""
     start_time = time.perf_counter()
+    state.signal = state.signal or bool((amplitude > 0).any())
     out = []
     for start in range(0, amplitude.shape[0], batch_size):
         patches = predict_patches(net, amplitude[start : start + batch_size], device, precision)
@@ -288,6 +293,7 @@ def reconstruct(
     synchronize: PhaseSync = "auto",
     chunk_patterns: int = DEFAULT_CHUNK_PATTERNS,
     precision: Precision = "32",
+    max_memory_gb: float | None = None,
 ) -> Reconstruction:
     """Predict every pattern of ``scan`` (or ``n_groups`` of them) and stitch: the network alone.
 
@@ -308,7 +314,8 @@ def reconstruct(
     inputs are taken about ``chunk_patterns`` patterns at a time, in an order that keeps
     each chunk compact on the object (a Hilbert curve through the group centres); each
     chunk is predicted, synchronised among itself and against the canvas so far, and added.
-    The bundle is not modified.
+    A canvas that would exceed ``max_memory_gb`` (default: half the memory) is refused
+    before it is allocated. The bundle is not modified.
     """
     if not isinstance(chunk_patterns, int) or chunk_patterns < 1:
         raise ConfigError(f"chunk_patterns: expected a positive integer, got {chunk_patterns!r}")
@@ -321,7 +328,10 @@ def reconstruct(
     normalization = bundle.normalization.for_scan(scan)
     groups = inference_groups(bundle, scan, n_groups)
     used = np.unique(groups.indices)
-    geometry = CanvasGeometry.covering(scan.positions_px[used], bundle.config.model.N)
+    geometry = CanvasGeometry.covering(
+        scan.positions_px[used], bundle.config.model.N, CANVAS_BYTES_PER_PX, scan.source,
+        max_memory_gb,
+    )  # fmt: skip
     chunked = int(groups.indices.size) > chunk_patterns
     state = _stitching(bundle, geometry, weights, synchronize, chunked, device)
     t0 = time.perf_counter()
@@ -329,6 +339,8 @@ def reconstruct(
         _predict_and_stitch(
             net, scan, groups, normalization, state, batch_size, chunk_patterns, device, precision
         )
+        if not state.signal:
+            raise DataError(f"{scan.source}: diffraction: all patterns are zero")
         chosen, obj, coverage = _choose(
             state, geometry, scan, used, bundle, normalization, str(device), chunk_patterns
         )

@@ -148,6 +148,15 @@ class Reconstruction:
         for key in ("object", "origin_px", "coverage", "positions_px"):
             if key not in arrays:
                 raise DataError(f"{path}: missing key '{key}' of a reconstruction.npz")
+        try:
+            return cls._from_arrays(path, arrays)
+        except (TypeError, ValueError) as exc:  # values of the wrong kind (text for numbers, ...)
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}: not a reconstruction.npz ({exc})") from exc
+
+    @classmethod
+    def _from_arrays(cls, path: str | Path, arrays: dict[str, Any]) -> Reconstruction:
         obj = np.asarray(arrays["object"])
         if obj.ndim != 2 or not np.iscomplexobj(obj):
             raise DataError(
@@ -166,11 +175,16 @@ class Reconstruction:
                 f"{origin.shape} and {positions.shape}"
             )
         metadata = _json(path, arrays, "metadata") or {}
-        n = int(arrays["N"]) if "N" in arrays else metadata.get("N")
-        if not isinstance(n, int) or n < 1:
+        metadata = metadata if isinstance(metadata, dict) else {}
+        n = _integer(arrays["N"]) if "N" in arrays else metadata.get("N")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise DataError(f"{path}: missing the pattern size N of a reconstruction.npz")
         size = float(arrays["pixel_size_m"]) if "pixel_size_m" in arrays else math.nan
         refinement = _json(path, arrays, "refinement")
+        try:
+            record = RefinementRecord(**refinement) if refinement else None
+        except TypeError as exc:
+            raise DataError(f"{path}: refinement: not a refinement record ({exc})") from exc
         return cls(
             object=obj.astype(np.complex64),
             origin_px=(int(origin[0]), int(origin[1])),
@@ -182,9 +196,14 @@ class Reconstruction:
             collapsed=bool(arrays["collapsed"])
             if "collapsed" in arrays
             else bool(metadata.get("collapsed", False)),
-            refinement=RefinementRecord(**refinement) if refinement else None,
+            refinement=record,
             metadata=metadata,
         )
+
+
+def _integer(value: Any) -> int | None:
+    array = np.asarray(value)
+    return int(array) if array.shape == () and array.dtype.kind in "iu" else None
 
 
 def _json(path: str | Path, arrays: dict[str, Any], key: str) -> Any:

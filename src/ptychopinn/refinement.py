@@ -35,7 +35,7 @@ import torch
 
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
-from ptychopinn.inference import measured_on_canvas
+from ptychopinn.inference import CANVAS_BYTES_PER_PX, measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_nll
 from ptychopinn.reconstruction import Reconstruction, RefinementRecord
@@ -77,6 +77,7 @@ class RefineOptions:
     min_passes : :func:`refine_auto`: passes it runs before it may stop (the held-out
         likelihood of the first passes can dip and recover as the step sizes settle)
     seed : shuffling (and held-out choice) seed
+    max_memory_gb : budget of the canvas (default: half the memory)
     """
 
     n_iter: int = 20
@@ -95,6 +96,7 @@ class RefineOptions:
     patience: int = 20
     min_passes: int = 40
     seed: int = 0
+    max_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
@@ -166,7 +168,9 @@ def _problem(
     positions = scan.positions_px if start is None else start.positions_px
     index = _pattern_index(scan, positions)
     if start is None:
-        geometry = CanvasGeometry.covering(positions, n)
+        geometry = CanvasGeometry.covering(
+            positions, n, CANVAS_BYTES_PER_PX, scan.source, opts.max_memory_gb
+        )
         canvas0 = np.ones(geometry.shape, dtype=np.complex64)
     else:
         geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from ptychopinn.bundle import BUNDLE_NAME, Bundle, load_bundle, save_bundle
 from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.device import resolve_accelerator, training_precision
-from ptychopinn.errors import ConfigError, DataError, OutputExistsError
+from ptychopinn.errors import BundleError, ConfigError, DataError, OutputExistsError
 from ptychopinn.inference import reconstruct as network_reconstruction
 from ptychopinn.io.npz import read_npz
 from ptychopinn.io.scan import ScanData
@@ -115,23 +115,21 @@ def train(
 
     from ptychopinn.data.datamodule import GroupDataModule
     from ptychopinn.training.module import PtychoPINNModule
-    from ptychopinn.training.trainer import quiet_lightning, run_lock
+    from ptychopinn.training.trainer import prepare_run_dir, quiet_lightning, run_lock
 
     quiet_lightning()
     _check_scans(config, train_scan, val_scan)
     run_dir = Path(output_dir)
     bundle_path = run_dir / BUNDLE_NAME
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise OutputExistsError(f"{run_dir}: --resume needs {last}, which does not exist")
-    if bundle_path.exists() and not (overwrite or resume):
-        raise OutputExistsError(
-            f"{run_dir}: already holds a trained model ({BUNDLE_NAME}); pass --overwrite or --resume"
-        )
+    if resume:
+        check_resumable(last, config)
+    _check_distributed(config)
     accelerator = resolve_accelerator(config.training.accelerator)
     precision = training_precision(config.training.precision, accelerator)
     recipe = describe_recipe(config)
     with run_lock(run_dir):
+        prepare_run_dir(run_dir, resume, overwrite)
         L.seed_everything(config.training.seed, workers=True, verbose=False)
         normalization = Normalization.from_scan(train_scan, config.training.nphotons)
         datamodule = GroupDataModule(config, train_scan, normalization, val_scan)
@@ -167,6 +165,50 @@ def train(
         metrics=metrics,
         recipe=recipe,
     )
+
+
+def check_resumable(last: Path, config: Config) -> None:
+    """``--resume`` needs a whole checkpoint of the same model: say so before any work."""
+    if not last.exists():
+        raise OutputExistsError(
+            f"{last.parent.parent}: --resume needs {last}, which does not exist"
+        )
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        saved = checkpoint["hyper_parameters"]["config"]
+    except Exception as exc:  # torch raises a dozen types on damaged or truncated files
+        raise BundleError(
+            f"{last}: not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
+            "start a new run with --overwrite"
+        ) from exc
+    from ptychopinn.config import migrate_saved_config
+
+    try:
+        model = Config.from_dict(migrate_saved_config(saved)).model
+    except (ConfigError, TypeError) as exc:
+        raise BundleError(f"{last}: its config: {exc}") from exc
+    if model != config.model:
+        changed = [
+            f"{name} {getattr(model, name)!r} -> {getattr(config.model, name)!r}"
+            for name in model.__dataclass_fields__
+            if getattr(model, name) != getattr(config.model, name)
+        ]
+        raise ConfigError(
+            f"{last}: --resume continues the same model, but the config changes "
+            f"{', '.join(changed)}; drop those flags or start a new run with --overwrite"
+        )
+
+
+def _check_distributed(config: Config) -> None:
+    """Several nodes need a launcher that starts a process on each (else nothing joins)."""
+    t = config.training
+    launched = any(name in os.environ for name in ("SLURM_NTASKS", "WORLD_SIZE", "MASTER_ADDR"))
+    if t.num_nodes > 1 and not launched:
+        raise ConfigError(
+            f"num_nodes {t.num_nodes}: start one process per node with a launcher (srun "
+            "under SLURM, or torchrun --nnodes ...); on its own this run would wait forever "
+            "for the other nodes"
+        )
 
 
 def _good_pixels(train_scan: ScanData, val_scan: ScanData | None) -> torch.Tensor | None:
@@ -289,7 +331,9 @@ def reconstruct(
     if refine == 0:
         return network
     start = None if refine_from == "flat" else network
-    return refine_reconstruction(bundle, scan, start, refine, refine_probe, device)
+    budget = network_options.get("max_memory_gb")
+    options = refine_options(bundle, start, refine, refine_probe, budget)
+    return refine_reconstruction(bundle, scan, start, refine, refine_probe, device, options)
 
 
 def refine_reconstruction(
@@ -332,7 +376,11 @@ AUTO_MAX_PASSES = 100
 
 
 def refine_options(
-    bundle: Bundle, start: Reconstruction | None, passes: int | str, refine_probe: bool
+    bundle: Bundle,
+    start: Reconstruction | None,
+    passes: int | str,
+    refine_probe: bool,
+    max_memory_gb: float | None = None,
 ) -> Any:
     """Refinement settings for a start.
 
@@ -358,6 +406,7 @@ def refine_options(
         anneal_start=0.0 if passes == "auto" else 0.5,
         warmup_passes=5.0 if trusted else 0.0,
         probe_lr=0.01 if refine_probe else 0.0,
+        max_memory_gb=max_memory_gb,
     )
 
 

@@ -37,6 +37,18 @@ class Normalization:
     nphotons: float
     probe_power: float
 
+    def __post_init__(self) -> None:
+        if isinstance(self.N, bool) or not isinstance(self.N, int) or self.N < 1:
+            raise DataError(f"normalization N: expected a positive integer, got {self.N!r}")
+        for name in ("amplitude_factor", "nphotons", "probe_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"normalization {name}: expected a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise DataError(
+                    f"normalization {name}: expected a finite number > 0, got {value!r}"
+                )
+
     @property
     def intensity_scale(self) -> float:
         return intensity_scale(self.nphotons, self.N)
@@ -47,16 +59,21 @@ class Normalization:
         if not mean_total > 0:
             raise DataError(f"{scan.source}: diffraction: all patterns are zero")
         n = scan.N
+        power = float(np.sum(np.abs(scan.probe) ** 2))
+        if not power > 0:
+            raise DataError(f"{scan.source}: probeGuess is all zero")
         return cls(
             N=n,
             amplitude_factor=(n / 2) / math.sqrt(mean_total),
             nphotons=float(nphotons) if nphotons is not None else mean_total,
-            probe_power=float(np.sum(np.abs(scan.probe) ** 2)),
+            probe_power=power,
         )
 
     def for_scan(self, scan: ScanData) -> Normalization:
         """The same statistics carried over to another scan, rescaled by its probe power."""
         power = float(np.sum(np.abs(scan.probe) ** 2))
+        if not power > 0:
+            raise DataError(f"{scan.source}: probeGuess is all zero")
         factor = self.amplitude_factor * math.sqrt(self.probe_power / power)
         return Normalization(self.N, factor, self.nphotons, power)
 

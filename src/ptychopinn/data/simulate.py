@@ -32,6 +32,7 @@ from ptychopinn.data.samples import (
 from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import SHIFT_MARGIN_PX, extract_patches, far_field_amplitude
+from ptychopinn.resources import check_allocation
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def simulate_scan(
     probe: np.ndarray | None = None,
     object_size: tuple[int, int] | None = None,
     jitter_px: float = 0.5,
+    max_memory_gb: float | None = None,
 ) -> ScanData:
     """Simulate a scan of a random object, with its ground truth.
 
@@ -76,6 +78,8 @@ def simulate_scan(
     object_size : (Ho, Wo); default: the span of the positions + N + ``OBJECT_MARGIN_PX``
         on each side. The scan is centred on the object.
     jitter_px : standard deviation of the Gaussian position error added to the nominal path.
+    max_memory_gb : budget of the object's allocation (default: half the memory); a step or
+        jitter that would need more is refused before anything is allocated.
 
     The returned scan holds ``object``, ``patches`` (``Y``, kept below ``PATCHES_LIMIT_BYTES``)
     and ``nominal_positions_px`` (no jitter); its probe is scaled so that
@@ -98,6 +102,7 @@ def simulate_scan(
         probe=probe,
         object_size=object_size,
         jitter_px=jitter_px,
+        max_memory_gb=max_memory_gb,
     )
     m = setup.positions.shape[0]
     keep_patches = m * n * n * 8 < PATCHES_LIMIT_BYTES
@@ -148,6 +153,7 @@ def write_simulated_scan_h5(
     probe: np.ndarray | None = None,
     object_size: tuple[int, int] | None = None,
     jitter_px: float = 0.5,
+    max_memory_gb: float | None = None,
 ) -> dict[str, Any]:
     """Simulate a scan straight into a chunked HDF5 scan (:mod:`ptychopinn.io.hdf5`).
 
@@ -176,6 +182,7 @@ def write_simulated_scan_h5(
         probe=probe,
         object_size=object_size,
         jitter_px=jitter_px,
+        max_memory_gb=max_memory_gb,
     )
     m = setup.positions.shape[0]
     probe_modes = setup.probe
@@ -242,6 +249,7 @@ def _prepare(
     seed: int,
     probe: np.ndarray | None,
     object_size: tuple[int, int] | None,
+    max_memory_gb: float | None = None,
     jitter_px: float,
 ) -> _Setup:
     if photons_per_pattern is not None and not photons_per_pattern > 0:
@@ -252,6 +260,12 @@ def _prepare(
     nominal = make_scan_positions(scan_kind, n_positions, step, scan_rng)  # (M, 2)
     positions = jitter_positions(nominal, jitter_px, scan_rng)  # (M, 2)
     offset, shape = _placement(positions, n, object_size)
+    # the object and a few float64 work arrays of its size (the GRF's spectrum, the image fit)
+    check_allocation(
+        6 * 16 * float(shape[0]) * float(shape[1]),
+        f"simulate: a {shape[0]} x {shape[1]} px object for the scan's span (step, jitter)",
+        max_memory_gb,
+    )
     obj = make_object(object_kind, shape, obj_rng, image_pair=seed)
     metadata = {
         "object_kind": object_kind,

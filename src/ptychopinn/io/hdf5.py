@@ -176,6 +176,25 @@ class H5Array:
         return out if np.array_equal(unique, index) else out[inverse]
 
 
+def _is_version(value: Any, expected: int) -> bool:
+    """Whether an attribute holds the integer ``expected`` (not text, not a bool, not a list)."""
+    array = np.asarray(value) if value is not None else None
+    if array is None or array.shape != () or array.dtype.kind not in "iu":
+        return False
+    return int(array) == expected
+
+
+def check_stored_inside(path: str | os.PathLike[str], key: str, dataset: Any) -> None:
+    """Refuse a dataset whose data live in other files (virtual or external storage): reading
+    it would silently read those files, or fill values where they are missing."""
+    if getattr(dataset, "is_virtual", False) or getattr(dataset, "external", None):
+        kind = "a virtual dataset" if getattr(dataset, "is_virtual", False) else "external storage"
+        raise DataError(
+            f"{path}: {key}: its data live in other files ({kind}); ptychopinn reads only data "
+            "stored inside the file (copy them in, e.g. with h5py or h5repack)"
+        )
+
+
 def is_scan_h5(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is an HDF5 file carrying this format's marker."""
     try:
@@ -224,7 +243,7 @@ def read_scan_h5(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> 
                 f"{p}: format: expected root attribute format = {FORMAT!r}, got {marker!r}"
             )
         version = f.attrs.get("format_version")
-        if version is None or np.asarray(version).shape != () or int(version) != FORMAT_VERSION:
+        if not _is_version(version, FORMAT_VERSION):
             raise DataError(f"{p}: format_version: expected {FORMAT_VERSION}, got {version!r}")
         stored = _text(f.attrs.get("diffraction_units"))
         if stored not in ("counts", "amplitude"):
@@ -241,6 +260,7 @@ def read_scan_h5(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> 
                 continue
             if not isinstance(f[key], h5py.Dataset):
                 raise DataError(f"{p}: '{key}': expected a dataset, got a group")
+            check_stored_inside(p, key, f[key])
             if key != "diffraction":
                 try:
                     arrays[key] = np.asarray(f[key][()])

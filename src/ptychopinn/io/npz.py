@@ -22,6 +22,7 @@ import numpy as np
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.scan import ScanData
+from ptychopinn.resources import check_allocation
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ _CRC_BLOCK_BYTES = 16 * 1024**2
 
 
 def load_npz_arrays(
-    path: str | os.PathLike[str], mmap_keys: tuple[str, ...] = MAPPED_KEYS
+    path: str | os.PathLike[str],
+    mmap_keys: tuple[str, ...] = MAPPED_KEYS,
+    max_memory_gb: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Load every array of an NPZ without ever unpickling.
 
@@ -45,13 +48,16 @@ def load_npz_arrays(
     Raises
     ------
     DataError
-        Missing file, not an NPZ, truncated, damaged, or holding object arrays.
+        Missing file, not an NPZ, truncated, damaged, holding object arrays or a member
+        twice, or arrays that would not fit ``max_memory_gb`` (default: half the memory)
+        once decompressed.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file not found")
     if p.is_dir():
         raise DataError(f"{p}: expected an NPZ file, got a directory")
+    _check_archive(p, max_memory_gb)
     # numpy and zipfile raise a dozen exception types on damaged, truncated or forged files
     try:
         loaded = np.load(p, allow_pickle=False)
@@ -82,6 +88,35 @@ def load_npz_arrays(
                     f"{p}: {key}: not a readable array ({type(exc).__name__}: {exc})"
                 ) from exc
         return arrays
+
+
+#: A member this much larger than its compressed bytes (and over 64 MiB) is refused.
+MAX_COMPRESSION_RATIO = 500
+
+
+def _check_archive(path: Path, max_memory_gb: float | None) -> None:
+    """Refuse before loading: a member twice, a decompression bomb, arrays over budget."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # np.load names what it is
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # np.load reports the damage
+    names = [info.filename for info in infos]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: holds {twice[0]} more than once; which one is meant is unclear")
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > MAX_COMPRESSION_RATIO and info.file_size > 64 * 1024**2:
+            raise DataError(
+                f"{path}: {info.filename} expands {ratio:.0f}x to {info.file_size} bytes: "
+                "refusing a possible zip bomb"
+            )
+    # members stored uncompressed are memory-mapped, not loaded
+    loaded = sum(info.file_size for info in infos if info.compress_type != zipfile.ZIP_STORED)
+    check_allocation(loaded, f"{path}: its compressed arrays, once loaded", max_memory_gb)
 
 
 def _map_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.memmap | None:

@@ -48,6 +48,7 @@ import numpy as np
 
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.hdf5 import check_stored_inside
 from ptychopinn.io.scan import ScanData
 
 if TYPE_CHECKING:
@@ -162,13 +163,19 @@ def _dataset(path: Path, f: h5py.File, key: str) -> Any:
     ds = f[key]
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"{path}: '{key}' is not a dataset")
+    check_stored_inside(path, key, ds)
     return ds
 
 
 def _attr(path: Path, obj: Any, key: str, where: str) -> float:
     if key not in obj.attrs:
         raise DataError(f"{path}: {where}: missing attribute '{key}'")
-    value = float(np.asarray(obj.attrs[key]))
+    try:
+        value = float(np.asarray(obj.attrs[key]))
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: {where}.{key}: expected a number, got {_plain(obj.attrs[key])!r}"
+        ) from exc
     if not math.isfinite(value):
         raise DataError(f"{path}: {where}.{key}: expected a finite number, got {value}")
     return value

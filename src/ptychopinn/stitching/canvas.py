@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ptychopinn.physics.functional import SHIFT_MARGIN_PX, scatter_patches
+from ptychopinn.resources import check_allocation
 from ptychopinn.stitching.phase_sync import synchronize_phases
 
 #: Patches scattered onto the canvas per call of :meth:`Stitcher.add` in ``add_synchronized``.
@@ -31,14 +32,32 @@ class CanvasGeometry:
     shape: tuple[int, int]
 
     @classmethod
-    def covering(cls, positions_px: np.ndarray, n: int) -> CanvasGeometry:
-        """Smallest canvas holding every N x N patch at ``positions_px`` (M, 2) (y, x)."""
+    def covering(
+        cls,
+        positions_px: np.ndarray,
+        n: int,
+        bytes_per_px: float = 0.0,
+        source: str = "",
+        max_memory_gb: float | None = None,
+    ) -> CanvasGeometry:
+        """Smallest canvas holding every N x N patch at ``positions_px`` (M, 2) (y, x).
+
+        With ``bytes_per_px`` the memory of the canvases to come is checked against the
+        budget first (:func:`~ptychopinn.resources.check_allocation`): one glitched position
+        far from the others would otherwise ask for a canvas of gigabytes.
+        """
         nearest = np.round(np.asarray(positions_px, dtype=np.float64))
         lo = nearest.min(axis=0).astype(np.int64) - n // 2 - 1
         hi = nearest.max(axis=0).astype(np.int64) - n // 2 + n + 1
-        return cls(
-            origin_px=(int(lo[0]), int(lo[1])), shape=(int(hi[0] - lo[0]), int(hi[1] - lo[1]))
-        )
+        shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
+        if bytes_per_px:
+            check_allocation(
+                bytes_per_px * shape[0] * shape[1],
+                f"{source or 'the scan'}: a {shape[0]} x {shape[1]} px object canvas for the "
+                "positions (a position far from the others?)",
+                max_memory_gb,
+            )
+        return cls(origin_px=(int(lo[0]), int(lo[1])), shape=shape)
 
 
 class Stitcher:

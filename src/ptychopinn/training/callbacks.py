@@ -223,7 +223,7 @@ class GracefulShutdown(Callback):
                 and Path(own).resolve() == path.resolve()
             ):
                 callback.last_model_path = own
-        trainer.save_checkpoint(path)
+        save_checkpoint_atomically(trainer, path)
         self._restore()
         name = signal.Signals(signum).name
         raise TrainingInterruptedError(
@@ -240,6 +240,28 @@ class GracefulShutdown(Callback):
             if own is not None:
                 return Path(own)
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def save_checkpoint_atomically(
+    trainer: L.Trainer, path: str | Path, weights_only: bool = False
+) -> None:
+    """Write a checkpoint under a temporary name and rename it into place (rank 0).
+
+    A full disk or a kill during the write leaves the earlier checkpoint of that name whole
+    (a truncated ``last.ckpt`` used to make ``--resume`` fail); the error names the file.
+    """
+    from ptychopinn.io.outputs import os_errors
+
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with os_errors(target):
+            trainer.save_checkpoint(partial, weights_only)
+            if trainer.is_global_zero:
+                os.replace(partial, target)
+    finally:
+        if trainer.is_global_zero and partial.exists():
+            partial.unlink()
 
 
 class LastStateCheckpoint(ModelCheckpoint):
@@ -262,6 +284,17 @@ class LastStateCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missing(trainer)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """As ModelCheckpoint's, but written atomically (:func:`save_checkpoint_atomically`)."""
+        from weakref import proxy
+
+        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger_ in trainer.loggers:
+                logger_.after_save_checkpoint(proxy(self))
 
     def _save_last_if_missing(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import socket
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -15,7 +17,8 @@ from typing import Any
 import lightning as L
 
 from ptychopinn.config import Config
-from ptychopinn.errors import ConfigError, OutputExistsError
+from ptychopinn.errors import ConfigError, OutputError, OutputExistsError
+from ptychopinn.io.outputs import os_errors
 
 logger = logging.getLogger(__name__)
 
@@ -27,30 +30,111 @@ def is_rank_zero_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
 
 
+LOCK_NAME = ".ptychopinn.lock"
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Refuse a second run into the same directory while one is active.
 
-    Only the rank-zero process holds the lock; the other ranks of a distributed
-    run (started by Lightning, torchrun or srun) share it.
+    The lock file records the host and process id of its holder. A lock whose process is
+    gone (same host, no such process) is stale: it is broken, with a warning, so a run killed
+    with SIGKILL does not block the next. Only the rank-zero process holds the lock; the
+    other ranks of a distributed run (started by Lightning, torchrun or srun) share it.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with os_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     if not is_rank_zero_process():
         yield
         return
-    lock = run_dir / ".ptychopinn.lock"
+    lock = run_dir / LOCK_NAME
+    _acquire(lock)
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError as exc:
-        raise OutputExistsError(
-            f"{run_dir}: another run is using this directory (remove {lock.name} if it crashed)"
-        ) from exc
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _acquire(lock: Path) -> None:
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            with os_errors(lock):
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OutputError as exc:
+            if not isinstance(exc.__cause__, FileExistsError):
+                raise
+            holder = _holder(lock)
+            if holder is None or not _stale(*holder):
+                who = f" (process {holder[1]} on {holder[0]})" if holder else ""
+                raise OutputExistsError(
+                    f"{lock.parent}: another run is using this directory{who}; remove "
+                    f"{lock.name} if that run has ended"
+                ) from None
+            logger.warning(
+                "%s: breaking the lock of process %d on %s, which no longer runs",
+                lock.parent, holder[1], holder[0],
+            )  # fmt: skip
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, me.encode())
+        os.close(fd)
+        return
+    raise OutputExistsError(f"{lock.parent}: could not take the lock {lock.name}")
+
+
+def _holder(lock: Path) -> tuple[str, int] | None:
+    """(host, pid) recorded in a lock file (locks of earlier versions hold the pid alone)."""
+    try:
+        parts = lock.read_text().split()
+        if len(parts) == 1:
+            return socket.gethostname(), int(parts[0])
+        return parts[0], int(parts[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stale(host: str, pid: int) -> bool:
+    """Whether the process that holds a lock is gone (only knowable on this host)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+#: What a training run writes into its directory; ``--overwrite`` removes exactly these.
+RUN_OUTPUTS = ("wts.h5.zip", "checkpoints", "lightning_logs", "mlruns", "mlruns.db")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check the run directory before any work, and clear an earlier run with ``overwrite``.
+
+    A directory holding an earlier run's files (a bundle, checkpoints, logs: also those of an
+    interrupted run) is refused unless the run is resumed or overwritten; ``--overwrite``
+    removes exactly those files, so no old checkpoint can be mistaken for the new run's, and
+    nothing else in the directory.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: exists and is not a directory")
+    earlier = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if resume:
+        return
+    if earlier and not overwrite:
+        raise OutputExistsError(
+            f"{run_dir}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue "
+            "it or --overwrite to replace it"
+        )
+    if earlier and is_rank_zero_process():
+        for name in earlier:
+            path = run_dir / name
+            with os_errors(path):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.info("%s: removed the earlier run (%s)", run_dir, ", ".join(earlier))
 
 
 def _require(package: str, option: str, *modules: str) -> None:
@@ -72,7 +156,10 @@ def make_logger(config: Config, run_dir: Path) -> Any:
         return loggers.TensorBoardLogger(save_dir=run_dir, name="lightning_logs")
     if kind == "mlflow":
         _require("mlflow", "--logger mlflow", "mlflow")
-        uri = config.training.mlflow_tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        # a SQLite store under the run directory: MLflow 3 deprecates its file store
+        uri = (
+            config.training.mlflow_tracking_uri or f"sqlite:///{(run_dir / 'mlruns.db').resolve()}"
+        )
         return loggers.MLFlowLogger(experiment_name="ptychopinn", tracking_uri=uri)
     return loggers.CSVLogger(save_dir=run_dir, name="lightning_logs")
 
