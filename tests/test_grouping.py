@@ -107,3 +107,24 @@ def test_training_groups_that_leave_patterns_out_are_reported(caplog):
     (split,) = setup(1, None, val_fraction=0.1)
     assert split.startswith("WARNING the 58 training groups hold 58 of the 64 patterns")
     assert "validation split holds out 6 groups" in split and "--n_groups" not in split
+
+
+def test_every_epoch_draws_anew_also_when_wrapped_for_distributed_training():
+    """Lightning sets the epoch of a plain sampler but wraps it under DDP, where each rank
+    then iterates it once per epoch: both ways every epoch is a new draw, the same on every
+    rank."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from ptychopinn.data.datamodule import EpochSampler
+
+    plain = EpochSampler(100, 40, seed=3)
+    plain.set_epoch(0)
+    first = list(plain)
+    plain.set_epoch(1)
+    assert list(plain) != first
+    plain.set_epoch(0)
+    assert list(plain) == first  # set_epoch decides
+    ranks = [DistributedSamplerWrapper(EpochSampler(100, 40, seed=3), num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]  # fmt: skip
+    epochs = [[list(w) for w in ranks] for _ in range(2)]
+    assert sorted(epochs[0][0] + epochs[0][1]) == sorted(first)  # the ranks share one draw
+    assert sorted(epochs[1][0] + epochs[1][1]) != sorted(first)  # and the next epoch is new

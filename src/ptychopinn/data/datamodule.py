@@ -53,7 +53,7 @@ def plan_epoch(config: Config, n_groups: int) -> EpochPlan:
 class EpochSampler(Sampler[int]):
     """``per_epoch`` indices into ``n`` items per epoch: shuffled permutations, repeated
     when ``per_epoch > n`` and cut when smaller, drawn from ``(seed, epoch)`` so that every
-    rank of a distributed run and a resumed run draw the same."""
+    rank of a distributed run draws the same, and a new draw each epoch."""
 
     def __init__(self, n: int, per_epoch: int, seed: int):
         self.n, self.per_epoch, self.seed = n, per_epoch, seed
@@ -67,6 +67,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
+        # Lightning sets the epoch of a sampler it was given; under a distributed run it wraps
+        # the sampler, which then draws once per epoch on every rank: count the epochs here
+        self.epoch += 1
         rounds = -(-self.per_epoch // self.n)
         order = np.concatenate([rng.permutation(self.n) for _ in range(rounds)])
         return iter(order[: self.per_epoch].tolist())
