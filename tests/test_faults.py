@@ -512,6 +512,8 @@ def test_interrupt_and_terminate_have_their_exit_statuses(tmp_path, scan_file):
         "import os, signal, sys, time\n"
         "from ptychopinn import commands\n"
         "from ptychopinn.cli import main\n"
+        # as from a terminal (a shell's background job starts with SIGINT ignored)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "commands.run_check = lambda args: (os.kill(os.getpid(), int(sys.argv[1])), time.sleep(5))\n"
         "sys.exit(main(['check', sys.argv[2]]))\n"
     )

@@ -250,7 +250,28 @@ def test_refine_auto_keeps_the_start_when_the_data_cannot_improve_it(scan):
     rec, _, trace = refine_auto(scan, probe, norm, start, options)
     assert rec.refinement.passes == 0 and "start" in rec.refinement.stop_reason
     np.testing.assert_array_equal(rec.object, start.object)
-    assert len(trace.held_out) <= options.patience + 1  # it gave up after its patience
+    # it gave up after its patience, and its steps annealed over as many passes
+    assert len(trace.held_out) <= 2 * options.patience + 1
+
+
+def test_refine_auto_anneals_a_plateau_at_large_steps_before_it_stops(scan):
+    """A held-out plateau while the steps are large is the optimiser's step noise: auto
+    anneals the steps over its patience before it stops, and the held-out likelihood, worse
+    at the large steps, recovers as they shrink."""
+    from ptychopinn.refinement import refine_auto
+
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    start = _truth_start(scan, norm)
+    options = RefineOptions(
+        n_iter=60, batch_size=16, object_lr=0.05, schedule="constant",
+        start_phase_sigma_px=0, min_passes=6, patience=4,
+    )  # fmt: skip
+    rec, _, trace = refine_auto(scan, probe, norm, start, options)
+    assert len(trace.held_out) == options.min_passes + options.patience
+    assert "annealed" in rec.refinement.stop_reason
+    noisy = max(trace.held_out[: options.min_passes])
+    assert trace.held_out[-1] < noisy  # smaller steps, less noise in the object
 
 
 def test_refine_auto_refines_a_poor_start_and_keeps_the_best_held_out_pass(scan):

@@ -216,6 +216,8 @@ class _Refiner:
         self.optimizer = torch.optim.Adam(groups)
         self.starts = [g["lr"] for g in self.optimizer.param_groups]
         self.pass_lrs = list(self.starts)  # this pass's step sizes (before the warmup)
+        self.factor = 1.0  # this pass's step size relative to the first's
+        self.final_anneal: tuple[int, float, int] | None = None  # (from pass, factor, passes)
         self.steps = 0
         k = problem.measured.shape[0]
         self.warmup_steps = opts.warmup_passes * -(-k // opts.batch_size)
@@ -242,6 +244,12 @@ class _Refiner:
             first = int(opts.n_iter * opts.anneal_start)  # full steps until here, then anneal
             progress = max(0, it - first) / max(1, opts.n_iter - 1 - first)
             factor = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if self.final_anneal is not None:
+            first, f0, length = self.final_anneal
+            f = opts.final_lr_fraction
+            progress = (it - first + 1) / length
+            factor = f + (f0 - f) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        self.factor = factor
         self.pass_lrs = [lr * factor for lr in self.starts]
         if self.coarse is not None:  # its step falls linearly to zero over coarse_until passes
             remaining = 1 - it / (opts.coarse_until * opts.n_iter)
@@ -252,6 +260,10 @@ class _Refiner:
                     self.frozen = self._correction(self.coarse)
                 self.coarse = None  # its parameter gets no more gradients, so Adam skips it
                 self.pass_lrs[-1] = 0.0
+
+    def anneal_now(self, it: int, passes: int) -> None:
+        """From pass ``it`` on, the step sizes fall to their final value over ``passes``."""
+        self.final_anneal = (it, self.factor, passes)
 
     def _set_step_sizes(self) -> None:
         ramp = min(1.0, (self.steps + 1) / self.warmup_steps) if self.warmup_steps else 1.0
@@ -374,8 +386,10 @@ def refine_auto(
     ``held_out_fraction`` of the patterns (drawn with ``seed``) are held out from a twin of
     the object, refined on the other patterns in lockstep with the object refined on all of
     them (the same schedule and shuffles). After each pass the held-out patterns' Poisson
-    likelihood under the twin is measured; refinement stops ``patience`` passes after the
-    last improvement (or after ``n_iter``) and returns the all-pattern object of the best
+    likelihood under the twin is measured. ``patience`` passes after the last improvement
+    (not before ``min_passes``), if the step sizes are still large, both objects' steps anneal
+    to their final size over ``patience`` more passes (a plateau at large steps is Adam's
+    step noise, not the data's limit); then, or after ``n_iter``, refinement stops and returns the all-pattern object of the best
     pass, if that pass makes the held-out patterns significantly more likely than the start
     does: the mean of the per-pattern differences of the negative log-likelihood must lie
     below zero by more than :data:`SIGNIFICANCE` standard errors. Otherwise the start is
@@ -393,6 +407,7 @@ def refine_auto(
     generator = torch.Generator().manual_seed(opts.seed)
     t0 = time.perf_counter()
     reason = f"stopped at the limit of {opts.n_iter} passes"
+    annealed_at: int | None = None  # the pass after which the steps were annealed to the end
     for it in range(opts.n_iter):
         twin.begin_pass(it)
         full.begin_pass(it)
@@ -404,17 +419,33 @@ def refine_auto(
         trace.elapsed_s.append(time.perf_counter() - t0)
         if trace.held_out[-1] < float(best_nll.mean()):
             best_nll, best_pass, best = held_nll, it + 1, full.snapshot()
-        elif it + 1 - best_pass >= opts.patience and it + 1 >= opts.min_passes:
-            reason = f"held-out likelihood not better for {opts.patience} passes"
+        if annealed_at is not None and it + 1 >= annealed_at + opts.patience:
+            reason = (
+                f"held-out likelihood not better for {opts.patience} passes at pass "
+                f"{annealed_at}; step sizes annealed over {opts.patience} more"
+            )
             break
+        if (
+            annealed_at is None
+            and it + 1 - best_pass >= opts.patience
+            and it + 1 >= opts.min_passes
+        ):
+            if full.factor <= 2 * opts.final_lr_fraction:  # the steps are already small
+                reason = f"held-out likelihood not better for {opts.patience} passes"
+                break
+            # a plateau at large steps is Adam's step noise, not the data's limit: anneal
+            annealed_at = it + 1
+            twin.anneal_now(it + 1, opts.patience)
+            full.anneal_now(it + 1, opts.patience)
     _log_done(trace, k)
     gain, error = _paired_gain(start_nll, best_nll)
     if best is None:
-        reason = "no pass made the held-out patterns more likely than the start"
+        reason = f"no pass made the held-out patterns more likely than the start ({reason})"
     elif gain <= SIGNIFICANCE * error:
         reason = (
             f"no pass made the held-out patterns significantly more likely than the start "
-            f"(best: pass {best_pass}, NLL lower by {gain:.3g} +- {error:.3g} per pattern)"
+            f"(best: pass {best_pass}, NLL lower by {gain:.3g} +- {error:.3g} per pattern; "
+            f"{reason})"
         )
         best_pass, best = 0, None
     logger.info(
