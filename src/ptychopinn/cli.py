@@ -211,6 +211,11 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
           "stop improving; never worse than the network alone), 0 (the network alone) or "
           "exactly PASSES passes (auto)")  # fmt: skip
     _flag(p, "--refine_probe", action="store_true", help="refine the probe as well")
+    _flag(p, "--refine_positions", nargs="?", const="free", default=None,
+          choices=["free", "affine"], metavar="free|affine",
+          help="correct the scan positions as well: each its own (free, the default when "
+          "named) or one affine map of the given ones (affine); the corrected positions go "
+          "to reconstruction.npz")  # fmt: skip
     _flag(p, "--refine_from", choices=["network", "flat"], default="network",
           help="refinement start: the network's reconstruction or a flat object (network)")  # fmt: skip
     _flag(p, "--batch_size", type=POSITIVE_INT, default=None,

@@ -164,8 +164,9 @@ def run_infer(args: argparse.Namespace) -> int:
         if args.refine != 0:
             start = None if args.refine_from == "flat" else network
             options = refine_options(
-                bundle, start, args.refine, args.refine_probe, args.max_memory_gb
-            )
+                bundle, start, args.refine, args.refine_probe, args.max_memory_gb,
+                args.refine_positions,
+            )  # fmt: skip
             final = refine_reconstruction(
                 bundle, scan, start, args.refine, args.refine_probe, device, options
             )

@@ -38,6 +38,9 @@ class RefinementRecord:
     final_nll : with ``auto``: the same under the result
     held_out_fraction : with ``auto``: share of the patterns held out to decide when to stop
     probe_refined : whether the probe was refined too
+    positions_refined : whether the scan positions were corrected too (the reconstruction's
+        ``positions_px`` are then the corrected ones)
+    position_correction_rms_px : RMS of the corrections (pixels)
     """
 
     requested: str
@@ -49,6 +52,8 @@ class RefinementRecord:
     final_nll: float | None = None
     held_out_fraction: float | None = None
     probe_refined: bool = False
+    positions_refined: bool = False
+    position_correction_rms_px: float | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ptychopinn.errors import ConfigError
 from ptychopinn.inference import CANVAS_BYTES_PER_PX, measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_nll
+from ptychopinn.positions import PositionCorrector
 from ptychopinn.reconstruction import Reconstruction, RefinementRecord
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 
@@ -76,6 +77,12 @@ class RefineOptions:
     patience : :func:`refine_auto`: passes without a better held-out likelihood before it stops
     min_passes : :func:`refine_auto`: passes it runs before it may stop (the held-out
         likelihood of the first passes can dip and recover as the step sizes settle)
+    position_lr : Adam step size (pixels) on the scan positions; 0 keeps them fixed
+        (:mod:`ptychopinn.positions`)
+    position_max_px : cap on each position's correction, per axis (pixels)
+    position_constraint : ``free`` (each position its own correction) or ``affine`` (one
+        affine map of the input positions)
+    position_start_pass : the positions move from this pass on (the object forms first)
     seed : shuffling (and held-out choice) seed
     max_memory_gb : budget of the canvas (default: half the memory)
     """
@@ -95,6 +102,10 @@ class RefineOptions:
     held_out_fraction: float = 0.1
     patience: int = 20
     min_passes: int = 40
+    position_lr: float = 0.0
+    position_max_px: float = 3.0
+    position_constraint: Literal["free", "affine"] = "free"
+    position_start_pass: int = 5
     seed: int = 0
     max_memory_gb: float | None = None
 
@@ -124,6 +135,15 @@ class RefineOptions:
             )
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError(f"patience: expected a positive integer, got {self.patience!r}")
+        if not self.position_lr >= 0 or not self.position_max_px > 0:
+            raise ConfigError(
+                "position_lr, position_max_px: expected >= 0 and > 0, got "
+                f"{self.position_lr!r}, {self.position_max_px!r}"
+            )
+        if self.position_constraint not in ("free", "affine"):
+            raise ConfigError(
+                f"position_constraint: expected 'free' or 'affine', got {self.position_constraint!r}"
+            )
 
 
 @dataclass
@@ -153,6 +173,7 @@ class _Problem:
     pos: torch.Tensor
     scale: float
     mask: torch.Tensor | None = None
+    pad: int = 0  # pixels the canvas extends beyond the start's on every side
 
 
 def _problem(
@@ -167,19 +188,27 @@ def _problem(
     n = scan.N
     positions = scan.positions_px if start is None else start.positions_px
     index = _pattern_index(scan, positions)
+    pad = int(math.ceil(opts.position_max_px)) + 1 if opts.position_lr > 0 else 0
     if start is None:
         geometry = CanvasGeometry.covering(
             positions, n, CANVAS_BYTES_PER_PX, scan.source, opts.max_memory_gb
         )
+        geometry = CanvasGeometry(
+            (geometry.origin_px[0] - pad, geometry.origin_px[1] - pad),
+            (geometry.shape[0] + 2 * pad, geometry.shape[1] + 2 * pad),
+        )
         canvas0 = np.ones(geometry.shape, dtype=np.complex64)
-    else:
-        geometry = CanvasGeometry(start.origin_px, start.object.shape)  # type: ignore[arg-type]
-        covered = start.coverage > 0
+    else:  # room for the positions to move: a border the fill below extends the start into
+        obj, covered = np.pad(start.object, pad), np.pad(start.coverage > 0, pad)
+        geometry = CanvasGeometry(
+            (start.origin_px[0] - pad, start.origin_px[1] - pad),
+            obj.shape,  # type: ignore[arg-type]
+        )
         sigma = opts.start_phase_sigma_px
         if sigma is None:
             sigma = 0.0 if start.refinement is not None else n / 4
         # smoothed over the covered pixels only (the uncovered are 0 and do not count)
-        start_obj = np.where(covered, start.object, 0).astype(np.complex64)
+        start_obj = np.where(covered, obj, 0).astype(np.complex64)
         start_obj = without_large_scale_phase(start_obj, sigma)
         canvas0 = smooth_fill(start_obj, covered, n / 16)
     coverage = _illumination(probe, positions, geometry, device)
@@ -187,15 +216,38 @@ def _problem(
     good = scan.good_pixels
     mask = None if good is None else torch.from_numpy(good).to(device)
     return _Problem(
-        geometry, canvas0, coverage, positions, measured, pos, normalization.intensity_scale, mask
+        geometry,
+        canvas0,
+        coverage,
+        positions,
+        measured,
+        pos,
+        normalization.intensity_scale,
+        mask,
+        pad if start is not None else 0,
     )
 
 
 class _Refiner:
-    """One object (canvas + coarse field, optionally the probe) and its Adam optimiser."""
+    """One object (canvas + coarse field, optionally the probe and the positions) and its
+    Adam optimiser; ``movable``: the positions it may correct (None: all)."""
 
-    def __init__(self, problem: _Problem, probe: torch.Tensor, opts: RefineOptions, device: str):
+    def __init__(
+        self,
+        problem: _Problem,
+        probe: torch.Tensor,
+        opts: RefineOptions,
+        device: str,
+        movable: torch.Tensor | None = None,
+    ):
         self.opts = opts
+        self.it = 0
+        self.positions: PositionCorrector | None = None
+        if opts.position_lr > 0:
+            self.positions = PositionCorrector(
+                problem.pos, opts.position_lr, opts.position_max_px, opts.position_constraint,
+                movable,
+            )  # fmt: skip
         self.canvas = torch.nn.Parameter(torch.from_numpy(problem.canvas0.copy()).to(device))
         self.probe = torch.nn.Parameter(
             probe.detach().clone().to(device=device, dtype=torch.complex64)
@@ -238,6 +290,7 @@ class _Refiner:
     def begin_pass(self, it: int) -> None:
         """Step sizes of pass ``it``: held, then cosine-annealed; the coarse field fades."""
         opts = self.opts
+        self.it = it
         factor = 1.0
         if opts.schedule == "cosine" and opts.n_iter > 1:
             f = opts.final_lr_fraction
@@ -265,22 +318,28 @@ class _Refiner:
         """From pass ``it`` on, the step sizes fall to their final value over ``passes``."""
         self.final_anneal = (it, self.factor, passes)
 
-    def _set_step_sizes(self) -> None:
+    def _set_step_sizes(self) -> float:
+        """This step's step sizes; returns the warm-up ramp."""
         ramp = min(1.0, (self.steps + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         for group, lr in zip(self.optimizer.param_groups, self.pass_lrs, strict=True):
             group["lr"] = lr * ramp
+        return ramp
+
+    def pos(self, problem: _Problem) -> torch.Tensor:
+        """(K, 2) the positions on the canvas as they are now."""
+        return problem.pos if self.positions is None else self.positions.positions
 
     def run_pass(self, problem: _Problem, order: torch.Tensor) -> float:
         """One pass over the patterns ``order`` (indices, in the order visited); their mean loss."""
         total = 0.0
         for b in range(0, len(order), self.opts.batch_size):
             idx = order[b : b + self.opts.batch_size]
-            self._set_step_sizes()
+            ramp = self._set_step_sizes()
             self.steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             loss = object_nll(
                 self.current(),
-                problem.pos[idx],
+                self.pos(problem)[idx],
                 self.probe,
                 problem.measured[idx],
                 problem.scale,
@@ -288,13 +347,26 @@ class _Refiner:
             )
             loss.backward()
             self.optimizer.step()
+            if self.positions is not None:
+                moving = self.it >= self.opts.position_start_pass
+                self.positions.step(idx, self.factor * ramp if moving else 0.0)
             total += float(loss.detach()) * len(idx)
+        if self.positions is not None:
+            self.positions.constrain()
         return total / max(len(order), 1)
 
     @torch.no_grad()
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """The object and the probe as they are now (copies)."""
-        return {"object": self.current().detach().clone(), "probe": self.probe.detach().clone()}
+    def snapshot(self) -> dict[str, Any]:
+        """The object, the probe and the position corrections as they are now (copies)."""
+        return {
+            "object": self.current().detach().clone(),
+            "probe": self.probe.detach().clone(),
+            "correction": self.correction(),
+        }
+
+    def correction(self) -> torch.Tensor | None:
+        """(K, 2) refined minus input positions (None: positions not refined)."""
+        return None if self.positions is None else self.positions.correction()
 
     @torch.no_grad()
     def nll(self, problem: _Problem, index: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -304,7 +376,7 @@ class _Refiner:
             [
                 object_nll(
                     obj,
-                    problem.pos[idx],
+                    self.pos(problem)[idx],
                     self.probe,
                     problem.measured[idx],
                     problem.scale,
@@ -367,9 +439,11 @@ def refine(
         start="network" if start is not None else "flat",
         seconds=trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
         probe_refined=opts.probe_lr > 0,
+        **_position_fields(refiner.correction()),
     )
     with torch.no_grad():
-        result = _result(refiner.current(), problem, start, refiner.probe, record)
+        correction = refiner.correction()
+        result = _result(refiner.current(), problem, start, refiner.probe, record, correction)
     return result, refiner.probe.detach(), trace
 
 
@@ -400,7 +474,8 @@ def refine_auto(
     problem = _problem(scan, probe, normalization, start, opts, device)
     k = problem.measured.shape[0]
     fit, held = _split(k, opts.held_out_fraction, opts.seed, device)
-    twin, full = (_Refiner(problem, probe, opts, str(device)) for _ in range(2))
+    twin = _Refiner(problem, probe, opts, str(device), movable=fit)
+    full = _Refiner(problem, probe, opts, str(device))
     trace = RefineTrace()
     start_nll = _start_nll(problem, held, start, twin.probe, device)  # (n_held,)
     best_nll, best_pass, best = start_nll, 0, None
@@ -462,12 +537,22 @@ def refine_auto(
         final_nll=float((best_nll if best is not None else start_nll).mean()),
         held_out_fraction=opts.held_out_fraction,
         probe_refined=opts.probe_lr > 0,
+        **_position_fields(best["correction"] if best is not None else None),
     )
     if best is None:
         if start is not None:
             return start.replace(refinement=record), probe, trace
         best = {"object": torch.from_numpy(problem.canvas0).to(device), "probe": probe}
-    return _result(best["object"], problem, start, best["probe"], record), best["probe"], trace
+    rec = _result(best["object"], problem, start, best["probe"], record, best.get("correction"))
+    return rec, best["probe"], trace
+
+
+def _position_fields(correction: torch.Tensor | None) -> dict[str, Any]:
+    """The record's account of the position correction (none: positions as given)."""
+    if correction is None:
+        return {}
+    rms = float(correction.double().square().sum(dim=1).mean().sqrt())
+    return {"positions_refined": True, "position_correction_rms_px": rms}
 
 
 #: Standard errors by which the held-out likelihood must improve on the start's for
@@ -505,7 +590,9 @@ def _start_nll(
     if start is None:
         obj = problem.canvas0
     else:
-        obj = smooth_fill(start.object, start.coverage > 0, problem.measured.shape[-1] / 16)
+        p = problem.pad
+        covered = np.pad(start.coverage > 0, p)
+        obj = smooth_fill(np.pad(start.object, p), covered, problem.measured.shape[-1] / 16)
     with torch.no_grad():
         return object_nll(
             torch.from_numpy(obj).to(device),
@@ -602,14 +689,19 @@ def _result(
     start: Reconstruction | None,
     probe: torch.Tensor,
     record: RefinementRecord | None = None,
+    correction: torch.Tensor | None = None,
 ) -> Reconstruction:
+    """The canvas as a reconstruction; ``correction`` (K, 2): refined minus input positions."""
     obj = canvas.detach().cpu().numpy().astype(np.complex64)
     metadata = dict(start.metadata) if start is not None else {}
+    positions = problem.positions
+    if correction is not None:
+        positions = positions + correction.cpu().numpy().astype(positions.dtype)
     return Reconstruction(
         object=np.where(problem.coverage > 0, obj, 0).astype(np.complex64),
         origin_px=problem.geometry.origin_px,
         coverage=problem.coverage,
-        positions_px=problem.positions,
+        positions_px=positions,
         N=int(problem.measured.shape[-1]),
         probe=probe.detach().cpu().numpy().astype(np.complex64),
         pixel_size_m=start.pixel_size_m if start is not None else None,

@@ -316,6 +316,7 @@ def reconstruct(
     refine_probe: bool = False,
     refine_from: str = "network",
     device: torch.device | str = "cpu",
+    refine_positions: str | None = None,
     **network_options: Any,
 ) -> Reconstruction:
     """The best estimate of the object: the network's reconstruction, refined.
@@ -323,7 +324,9 @@ def reconstruct(
     ``refine="auto"`` (the default) refines until held-out patterns stop becoming more
     likely and never returns something worse than the network alone by that measure;
     ``refine=0`` returns the network alone; ``refine=N`` runs exactly N passes.
-    ``refine_from="flat"`` refines from a flat object instead. ``network_options`` go to
+    ``refine_from="flat"`` refines from a flat object instead. ``refine_positions``
+    (``"free"`` or ``"affine"``) corrects the scan positions too (the result's
+    ``positions_px``; :func:`scan_with_positions` makes a scan of them). ``network_options`` go to
     :func:`ptychopinn.inference.reconstruct` (``n_groups``, ``batch_size``, ``weights``,
     ``synchronize``, ``precision``, ``chunk_patterns``).
     """
@@ -332,7 +335,7 @@ def reconstruct(
         return network
     start = None if refine_from == "flat" else network
     budget = network_options.get("max_memory_gb")
-    options = refine_options(bundle, start, refine, refine_probe, budget)
+    options = refine_options(bundle, start, refine, refine_probe, budget, refine_positions)
     return refine_reconstruction(bundle, scan, start, refine, refine_probe, device, options)
 
 
@@ -381,6 +384,7 @@ def refine_options(
     passes: int | str,
     refine_probe: bool,
     max_memory_gb: float | None = None,
+    refine_positions: str | None = None,
 ) -> Any:
     """Refinement settings for a start.
 
@@ -391,7 +395,9 @@ def refine_options(
     cannot know its patches' constant phases: refinement discards the start's large-scale
     phase and takes bold steps (0.1) with the coarse correction field, as from a flat start.
     ``auto`` anneals its steps from the first pass, so its held-out likelihood improves
-    steadily until the data stop supporting more.
+    steadily until the data stop supporting more. ``refine_positions`` (``free`` or
+    ``affine``) moves the positions by steps of 0.1 px from the fifth pass on, each by at
+    most 3 px per axis (:mod:`ptychopinn.positions`).
     """
     from ptychopinn.refinement import RefineOptions
 
@@ -407,7 +413,25 @@ def refine_options(
         warmup_passes=5.0 if trusted else 0.0,
         probe_lr=0.01 if refine_probe else 0.0,
         max_memory_gb=max_memory_gb,
+        position_lr=0.1 if refine_positions else 0.0,
+        position_constraint=refine_positions or "free",  # type: ignore[arg-type]  # checked there
     )
+
+
+def scan_with_positions(scan: ScanData, rec: Reconstruction) -> ScanData:
+    """``scan`` with the positions of ``rec`` (e.g. corrected by ``refine_positions``).
+
+    The reconstruction's positions are the scan's, pattern by pattern, in the scan's frame
+    (y, x object pixels), so the result trains and reconstructs like any scan;
+    :func:`ptychopinn.io.npz.write_scan_npz` writes it.
+    """
+    from dataclasses import replace
+
+    if rec.positions_px.shape != scan.positions_px.shape:
+        raise ConfigError(
+            f"scan_with_positions: {len(rec.positions_px)} positions for {scan.n_patterns} patterns"
+        )
+    return replace(scan, positions_px=np.asarray(rec.positions_px, dtype=np.float64))
 
 
 def write_metrics(

@@ -134,7 +134,7 @@ def extract_patches(canvas: Tensor, positions_px: Tensor, n: int) -> Tensor:
         )
     bidx = torch.arange(b, device=canvas.device)[:, None, None, None]
     window = padded[bidx, rows, cols]  # (B, K, size, size)
-    if bool(torch.any(residual != 0)):
+    if positions_px.requires_grad or bool(torch.any(residual != 0)):  # positions refined
         window = shift(window, -residual)
     return window[..., m : m + n, m : m + n]
 
