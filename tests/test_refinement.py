@@ -338,3 +338,14 @@ def test_bad_pixels_count_in_no_likelihood(scan):
     with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):
         losses = [module._common_step(b, "train") for b in (batch, other)]
     assert torch.equal(losses[0], losses[1])
+
+
+def test_refinement_reports_its_progress(scan, caplog):
+    """A line every tenth of the passes (the last one is the summary's), with loss and time."""
+    norm = Normalization.from_scan(scan)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    with caplog.at_level("INFO", logger="ptychopinn.refinement"):
+        refine(scan, probe, norm, None, RefineOptions(n_iter=20, batch_size=50))
+    progress = [r.getMessage() for r in caplog.records if "refine: pass" in r.getMessage()]
+    assert len(progress) == 9, progress  # passes 2, 4, ..., 18
+    assert progress[0].startswith("refine: pass 2 of at most 20, loss ")

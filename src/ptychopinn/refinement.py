@@ -428,6 +428,7 @@ def refine(
         order = torch.randperm(k, generator=generator).to(device)
         trace.loss.append(refiner.run_pass(problem, order))
         trace.elapsed_s.append(time.perf_counter() - t0)
+        _log_progress(trace, it, opts.n_iter)
         if callback is not None:
             with torch.no_grad():
                 callback(it, _result(refiner.current(), problem, start, refiner.probe))
@@ -492,6 +493,7 @@ def refine_auto(
         held_nll = twin.nll(problem, held)
         trace.held_out.append(float(held_nll.mean()))
         trace.elapsed_s.append(time.perf_counter() - t0)
+        _log_progress(trace, it, opts.n_iter)
         if trace.held_out[-1] < float(best_nll.mean()):
             best_nll, best_pass, best = held_nll, it + 1, full.snapshot()
         if annealed_at is not None and it + 1 >= annealed_at + opts.patience:
@@ -603,6 +605,18 @@ def _start_nll(
             per_pattern=True,
             mask=problem.mask,
         )
+
+
+def _log_progress(trace: RefineTrace, it: int, n_iter: int) -> None:
+    """One line every tenth of the passes (a long refinement is not silent for minutes)."""
+    every = max(1, n_iter // 10)
+    if (it + 1) % every or it + 1 == n_iter:
+        return
+    held = f", held-out NLL {trace.held_out[-1]:.6g}" if trace.held_out else ""
+    logger.info(
+        "refine: pass %d of at most %d, loss %.6g%s, %.1f s",
+        it + 1, n_iter, trace.loss[-1], held, trace.elapsed_s[-1],
+    )  # fmt: skip
 
 
 def _log_done(trace: RefineTrace, k: int) -> None:
