@@ -548,6 +548,31 @@ def test_malformed_files_of_other_kinds_are_one_line(tmp_path, scan_file, capsys
     assert not (tmp_path / "E").exists()
 
 
+def test_pipes_and_devices_as_inputs_are_one_line_and_never_opened(tmp_path, scan_file):
+    """A FIFO would block the reader until a writer came, /dev/zero would read forever: every
+    input path (scan, HDF5 scan, bundle, reconstruction) is refused by its kind first."""
+    for name in ("pipe.npz", "pipe.h5", "wts.h5.zip"):
+        os.mkfifo(tmp_path / name)
+    cases = [
+        (["check", "pipe.npz"], "named pipe"),
+        (["check", "pipe.h5"], "named pipe"),
+        (["check", "/dev/zero"], "character device"),
+        (["infer", "--model_path", "wts.h5.zip", "--data", str(scan_file), "--output_dir", "O"],
+         "named pipe"),
+        (["evaluate", "--reconstruction", "/dev/zero", "--reference", str(scan_file),
+          "--output_dir", "E"], "character device"),
+    ]  # fmt: skip
+    for args, kind in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "ptychopinn.cli", *args],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert kind in lines[0], lines[0]
+    assert not (tmp_path / "O").exists() and not (tmp_path / "E").exists()
+
+
 @pytest.mark.parametrize(
     "flags",
     [

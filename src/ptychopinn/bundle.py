@@ -32,6 +32,7 @@ from ptychopinn.config import Config, migrate_saved_config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import BundleError, ConfigError, DataError
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.paths import check_regular_file
 from ptychopinn.models import build_network, migrate_state_dict
 from ptychopinn.models.base import ObjectNetwork
 
@@ -128,10 +129,10 @@ def resolve_bundle_path(path: str | os.PathLike[str]) -> Path:
         candidate = p / BUNDLE_NAME
         if not candidate.exists():
             raise BundleError(f"{p}: directory holds no {BUNDLE_NAME}")
-        return candidate
+        return check_regular_file(candidate, "a model bundle", BundleError)
     if not p.exists():
         raise BundleError(f"{p}: model bundle not found")
-    return p
+    return check_regular_file(p, "a model bundle", BundleError)
 
 
 def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Bundle:

@@ -29,6 +29,7 @@ from ptychopinn.device import resolve_accelerator, training_precision
 from ptychopinn.errors import BundleError, ConfigError, DataError, OutputExistsError
 from ptychopinn.inference import reconstruct as network_reconstruction
 from ptychopinn.io.npz import read_npz
+from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
 from ptychopinn.presets import describe as describe_recipe
 from ptychopinn.reconstruction import Reconstruction
@@ -57,6 +58,8 @@ def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
     whatever their dtype. An NPZ saved without compression has its patterns memory-mapped.
     """
     p = Path(path)
+    if p.exists() and not p.is_dir():  # a FIFO or a device is refused before it is opened
+        check_regular_file(p, "a scan file")
     if p.suffix in (".h5", ".hdf5") and p.is_file():
         from ptychopinn.io.hdf5 import is_scan_h5, read_scan_h5
 

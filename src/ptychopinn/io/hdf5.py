@@ -40,6 +40,7 @@ import numpy as np
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.npz import UnitsRequest, scan_from_arrays
+from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
 
 logger = logging.getLogger(__name__)
@@ -227,10 +228,8 @@ def read_scan_h5(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> 
     DataError
         Not a readable HDF5 file, not this format, a missing or malformed dataset or attribute.
     """
-    p = Path(path)
+    p = check_regular_file(path, "an HDF5 file")
     source = str(p)
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
     h5py = _h5py()
     try:
         f = h5py.File(p, "r")

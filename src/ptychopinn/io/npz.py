@@ -21,6 +21,7 @@ import numpy as np
 
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
 from ptychopinn.resources import check_allocation
 
@@ -52,11 +53,7 @@ def load_npz_arrays(
         twice, or arrays that would not fit ``max_memory_gb`` (default: half the memory)
         once decompressed.
     """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
-    if p.is_dir():
-        raise DataError(f"{p}: expected an NPZ file, got a directory")
+    p = check_regular_file(path, "an NPZ file")
     _check_archive(p, max_memory_gb)
     # numpy and zipfile raise a dozen exception types on damaged, truncated or forged files
     try:

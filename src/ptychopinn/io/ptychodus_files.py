@@ -49,6 +49,7 @@ import numpy as np
 from ptychopinn.errors import DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.hdf5 import check_stored_inside
+from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def _h5py() -> Any:
 
 
 def _open(path: Path) -> h5py.File:
+    check_regular_file(path, "an HDF5 file")
     h5py = _h5py()
     try:
         return h5py.File(path, "r")
