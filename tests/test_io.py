@@ -160,3 +160,48 @@ def test_reconstruction_pngs_keep_every_pixel_and_state_their_range(tmp_path):
         assert "range -0.98" in png.text["Comment"] and "to 1.98" in png.text["Comment"]
     assert not np.array_equal(rgb[0, 0], rgb[-1, 79])  # the ramp is visible
     assert [p.name for p in tmp_path.iterdir()] == ["reconstructed_phase.png"]
+
+
+def test_png_colour_bar_is_labelled_and_a_scale_bar_drawn_with_a_pixel_size(tmp_path):
+    from PIL import Image
+
+    from ptychopinn.io.images import save_image
+
+    image = np.zeros((120, 160))  # black: the white scale bar and the dark labels stand out
+    save_image(tmp_path / "plain.png", image, "gray", unit="rad")
+    save_image(tmp_path / "scaled.png", image, "gray", unit="rad", pixel_size_m=1e-8)
+    with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "scaled.png") as b:
+        plain, scaled = np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))
+        assert "rad" in a.text["Comment"] and "pixel size 1e-08 m" in b.text["Comment"]
+    bar_end = 160 + 2 + 6  # image, gap, bar (160 // 24 = 6 px)
+    labels = plain[:, bar_end + 3 :]
+    assert labels.shape[1] > 15 and (labels.sum(axis=2) < 200).sum() > 30  # dark text
+    assert not plain[:, :160].any()  # no scale bar without a pixel size
+    corner = scaled[60:, :80]  # lower left: a 0.2 um bar (20 px of 10 nm) and its label
+    assert (corner.min(axis=2) > 200).sum() > 40
+
+
+def test_reconstruction_pngs_take_their_range_from_the_well_lit_region(tmp_path):
+    """A barely lit border of extreme values does not set the range, and a phase near pi
+    (the global phase is arbitrary) is shown centred, without wraps."""
+    from PIL import Image
+
+    from ptychopinn.reconstruction import Reconstruction
+
+    rng = np.random.default_rng(0)
+    phase = np.pi - 0.1 + 0.2 * rng.random((64, 64))  # straddles +-pi: wraps when raw
+    amplitude = np.full((64, 64), 0.9)
+    coverage = np.ones((64, 64), dtype=np.float32)
+    amplitude[:4], coverage[:4] = 50.0, 1e-3  # the barely lit, wild border
+    rec = Reconstruction(
+        object=(amplitude * np.exp(1j * phase)).astype(np.complex64), origin_px=(0, 0),
+        coverage=coverage, positions_px=np.zeros((1, 2)), N=16,
+    )  # fmt: skip
+    rec.save(tmp_path)
+    with Image.open(tmp_path / "reconstructed_phase.png") as p:
+        low, high = (
+            float(v) for v in p.text["Comment"].split("range ")[1].split(" rad")[0].split(" to ")
+        )
+    assert -0.2 < low < high < 0.2
+    with Image.open(tmp_path / "reconstructed_amplitude.png") as a:
+        assert "to 0.9 " in a.text["Comment"]  # not 50

@@ -20,6 +20,9 @@ from ptychopinn.errors import DataError
 from ptychopinn.io.images import save_image
 from ptychopinn.io.npz import load_npz_arrays, write_npz
 
+#: Share of the largest coverage above which a pixel counts as well lit.
+WELL_LIT = 0.1
+
 OUTPUT_NAMES = ("reconstruction.npz", "reconstructed_amplitude.png", "reconstructed_phase.png")
 
 
@@ -110,8 +113,18 @@ class Reconstruction:
             ]
         return out
 
+    def well_lit(self, fraction: float = WELL_LIT) -> np.ndarray:
+        """(H, W) bool: pixels whose coverage is at least ``fraction`` of the largest (the
+        region that sets the PNGs' display range; the barely lit border would darken it)."""
+        top = float(self.coverage.max()) if self.coverage.size else 0.0
+        return self.coverage >= fraction * top if top > 0 else self.coverage > 0
+
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Write ``reconstruction.npz`` and the amplitude and phase PNGs, each atomically."""
+        """Write ``reconstruction.npz`` and the amplitude and phase PNGs, each atomically.
+
+        The PNGs' display range is set by the well-lit pixels (:meth:`well_lit`); the phase
+        PNG shows the phase relative to the mean phase of those pixels (the npz keeps the
+        phase as reconstructed)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
@@ -137,12 +150,16 @@ class Reconstruction:
             arrays["probe"] = self.probe.astype(np.complex64)
         write_npz(out / "reconstruction.npz", arrays)
         paths = [out / "reconstruction.npz"]
-        mask = self.coverage > 0
-        for name, image, cmap in (
-            ("reconstructed_amplitude.png", self.amplitude, "gray"),
-            ("reconstructed_phase.png", np.where(mask, self.phase, 0.0), "twilight"),
+        mask, lit = self.coverage > 0, self.well_lit()
+        # the phase relative to the mean of the well-lit region: the global phase is arbitrary,
+        # and an object whose phases span less than 2 pi is then shown without wraps
+        mean = self.object[lit].mean() if lit.any() else 1.0
+        phase = np.angle(self.object * np.exp(-1j * np.angle(mean)))
+        for name, image, cmap, unit in (
+            ("reconstructed_amplitude.png", self.amplitude, "gray", ""),
+            ("reconstructed_phase.png", np.where(mask, phase, 0.0), "twilight", "rad"),
         ):
-            save_image(out / name, image, cmap, mask)
+            save_image(out / name, image, cmap, lit, unit, self.pixel_size_m)
             paths.append(out / name)
         return paths
 
