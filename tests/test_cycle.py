@@ -132,7 +132,13 @@ def test_training_logs_and_checkpoints(reference_run):
     assert len(losses) == 12
     assert losses[-1] < losses[0]
     assert any(r.get("patterns_per_s") for r in rows)
+    r_factors = [float(r["val_r_factor"]) for r in rows if r.get("val_r_factor")]
+    assert len(r_factors) == 12 and 0 < r_factors[-1] < r_factors[0] < 2  # the fit improves
     assert (reference_run / "checkpoints" / "last.ckpt").is_file()
+    from PIL import Image
+
+    with Image.open(reference_run / "training.png") as png:  # the convergence plot
+        assert png.size[0] > 400 and png.size[1] > 200
 
 
 def test_resume_continues_from_checkpoint(work, trained, run_cli):

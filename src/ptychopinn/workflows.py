@@ -285,6 +285,7 @@ def _trainer(
         LastStateCheckpoint,
         NonFiniteLossGuard,
     )
+    from ptychopinn.training.progress import TrainingHistory
     from ptychopinn.training.trainer import build_trainer, progress_callbacks
 
     t = config.training
@@ -303,6 +304,7 @@ def _trainer(
         checkpoint,
         *callbacks,
         *progress_callbacks(progress, steps, t.max_time),
+        TrainingHistory(run_dir),
     ]
     if t.early_stopping_patience is not None:
         trainer_callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience))

@@ -366,6 +366,25 @@ def object_nll(
     return poisson_nll(predicted, measured_amplitude, scale, mask=mask, per_pattern=per_pattern)
 
 
+def r_factor(
+    predicted_amplitude: Tensor, measured_amplitude: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Amplitude R-factor: sum |predicted - measured| / sum measured, over the counted pixels.
+
+    The normalised data-fit error of ptychography (0 for a perfect fit; at Poisson noise the
+    truth itself scores above 0, about 1 / (2 sqrt(counts per pixel)) on bright pixels).
+
+    >>> a = torch.ones(2, 4, 4)
+    >>> round(float(r_factor(1.1 * a, a)), 6)
+    0.1
+    """
+    err = (predicted_amplitude - measured_amplitude).abs()
+    total = measured_amplitude.abs()
+    if mask is not None:
+        err, total = err * mask, total * mask
+    return err.sum() / total.sum().clamp_min(torch.finfo(total.dtype).tiny)
+
+
 def amplitude_mae(
     predicted_amplitude: Tensor, measured_amplitude: Tensor, mask: Tensor | None = None
 ) -> Tensor:

@@ -17,7 +17,7 @@ from ptychopinn.models import build_network, migrate_state_dict, prediction_supp
 from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS, COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.forward import ForwardModel
-from ptychopinn.physics.functional import amplitude_mae, normalize_probe, poisson_nll
+from ptychopinn.physics.functional import amplitude_mae, normalize_probe, poisson_nll, r_factor
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class PtychoPINNModule(L.LightningModule):
                 )
             else:
                 loss = amplitude_mae(predicted, x, mask=self.good_pixels)
+            r = r_factor(predicted.detach(), x, self.good_pixels)
+            self.log(f"{stage}_r_factor", r, batch_size=x.shape[0], sync_dist=True)
         batch_size = x.shape[0]
         # mean over ranks (one scalar all-reduce per step under DDP)
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)

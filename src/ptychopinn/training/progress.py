@@ -5,12 +5,15 @@
 * :class:`EpochLog` writes one line per epoch (losses, patterns/s, elapsed, remaining): the
   progress report when the output is not a terminal (a log file gets no carriage-return
   updates), next to Lightning's live bar on a terminal.
+* :class:`TrainingHistory` keeps the losses and R-factors of every epoch and draws them
+  into ``RUN/training.png`` at the end (has it converged?).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -92,8 +95,69 @@ class EpochLog(Callback):
         for key in ("train_loss", "val_loss"):
             if key in metrics:
                 parts.append(f"{key} {float(metrics[key]):.6g}")
+        if "val_r_factor" in metrics:
+            parts.append(f"val R-factor {float(metrics['val_r_factor']):.4f}")
         if "patterns_per_s" in metrics:
             parts.append(f"{float(metrics['patterns_per_s']):.0f} patterns/s")
         remaining = elapsed / epoch * max(0, epochs - epoch) if epoch else 0.0
         parts.append(f"{format_duration(elapsed)} elapsed, {format_duration(remaining)} to go")
         logger.info(", ".join(parts))
+
+
+#: What :class:`TrainingHistory` keeps of each epoch.
+HISTORY_KEYS = ("train_loss", "val_loss", "train_r_factor", "val_r_factor")
+
+
+class TrainingHistory(Callback):
+    """The losses and R-factors of every epoch; ``RUN/training.png`` at the end of training."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.epochs: list[int] = []
+        self.values: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.epochs.append(trainer.current_epoch + 1)
+        for key in HISTORY_KEYS:
+            self.values[key].append(float(metrics[key]) if key in metrics else float("nan"))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.epochs:
+            plot_history(self.run_dir / "training.png", self.epochs, self.values)
+
+
+def plot_history(path: Path, epochs: list[int], values: dict[str, list[float]]) -> None:
+    """Loss and R-factor against epoch, training and validation, in one PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from ptychopinn.io.atomic import atomic_path
+
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    loss_ax, r_ax = fig.subplots(1, 2)
+    for ax, kind, label in (
+        (loss_ax, "loss", "loss (Poisson NLL)"),
+        (r_ax, "r_factor", "R-factor"),
+    ):
+        for stage, style in (("train", "-"), ("val", "o-")):
+            ys = values.get(f"{stage}_{kind}", [])
+            if any(y == y for y in ys):  # not all NaN
+                ax.plot(
+                    epochs,
+                    ys,
+                    style,
+                    markersize=3,
+                    label="training" if stage == "train" else "validation",
+                )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -108,7 +108,9 @@ def _stale(host: str, pid: int) -> bool:
 
 
 #: What a training run writes into its directory; ``--overwrite`` removes exactly these.
-RUN_OUTPUTS = ("wts.h5.zip", "checkpoints", "lightning_logs", "mlruns", "mlruns.db")
+RUN_OUTPUTS = (
+    "wts.h5.zip", "checkpoints", "lightning_logs", "mlruns", "mlruns.db", "training.png",
+)  # fmt: skip
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
