@@ -345,7 +345,11 @@ def test_refinement_reports_its_progress(scan, caplog):
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))
     with caplog.at_level("INFO", logger="ptychopinn.refinement"):
-        refine(scan, probe, norm, None, RefineOptions(n_iter=20, batch_size=50))
+        rec, _, trace = refine(scan, probe, norm, None, RefineOptions(n_iter=20, batch_size=50))
     progress = [r.getMessage() for r in caplog.records if "refine: pass" in r.getMessage()]
     assert len(progress) == 9, progress  # passes 2, 4, ..., 18
     assert progress[0].startswith("refine: pass 2 of at most 20, loss ")
+    assert "R-factor" in progress[0]
+    # the amplitude R-factor: a normalised misfit that falls as the object forms
+    assert 0 < trace.r_factor[-1] < 0.95 * trace.r_factor[0] < 1
+    assert rec.refinement.r_factor == trace.r_factor[-1]

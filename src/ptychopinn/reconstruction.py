@@ -44,6 +44,8 @@ class RefinementRecord:
     positions_refined : whether the scan positions were corrected too (the reconstruction's
         ``positions_px`` are then the corrected ones)
     position_correction_rms_px : RMS of the corrections (pixels)
+    r_factor : amplitude R-factor (sum |predicted - measured| / sum measured) of the kept
+        pass over all patterns, measured during that pass (None: the start was kept)
     """
 
     requested: str
@@ -57,6 +59,7 @@ class RefinementRecord:
     probe_refined: bool = False
     positions_refined: bool = False
     position_correction_rms_px: float | None = None
+    r_factor: float | None = None
 
 
 @dataclass(frozen=True)

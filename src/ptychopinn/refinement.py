@@ -37,7 +37,7 @@ from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
 from ptychopinn.inference import CANVAS_BYTES_PER_PX, measured_on_canvas
 from ptychopinn.io.scan import ScanData
-from ptychopinn.physics.functional import object_nll
+from ptychopinn.physics.functional import object_amplitudes, object_nll, poisson_nll
 from ptychopinn.positions import PositionCorrector
 from ptychopinn.reconstruction import Reconstruction, RefinementRecord
 from ptychopinn.stitching import CanvasGeometry, Stitcher
@@ -148,9 +148,11 @@ class RefineOptions:
 
 @dataclass
 class RefineTrace:
-    """Loss after each pass and the elapsed time (``held_out``: :func:`refine_auto`)."""
+    """Loss and amplitude R-factor of each pass, the elapsed time (``held_out``:
+    :func:`refine_auto`'s held-out NLL per pattern)."""
 
     loss: list[float] = field(default_factory=list)
+    r_factor: list[float] = field(default_factory=list)
     elapsed_s: list[float] = field(default_factory=list)
     held_out: list[float] = field(default_factory=list)
 
@@ -329,22 +331,23 @@ class _Refiner:
         """(K, 2) the positions on the canvas as they are now."""
         return problem.pos if self.positions is None else self.positions.positions
 
-    def run_pass(self, problem: _Problem, order: torch.Tensor) -> float:
-        """One pass over the patterns ``order`` (indices, in the order visited); their mean loss."""
-        total = 0.0
+    def run_pass(self, problem: _Problem, order: torch.Tensor) -> tuple[float, float]:
+        """One pass over the patterns ``order`` (indices, in the order visited): their mean
+        loss and their amplitude R-factor (each batch's, under the object as it was then)."""
+        total, misfit, signal = 0.0, 0.0, 0.0
         for b in range(0, len(order), self.opts.batch_size):
             idx = order[b : b + self.opts.batch_size]
             ramp = self._set_step_sizes()
             self.steps += 1
             self.optimizer.zero_grad(set_to_none=True)
-            loss = object_nll(
-                self.current(),
-                self.pos(problem)[idx],
-                self.probe,
-                problem.measured[idx],
-                problem.scale,
-                mask=problem.mask,
-            )
+            measured = problem.measured[idx]
+            n = measured.shape[-1]
+            predicted = object_amplitudes(self.current(), self.pos(problem)[idx], self.probe, n)
+            loss = poisson_nll(predicted, measured, problem.scale, mask=problem.mask)
+            with torch.no_grad():
+                mask = 1.0 if problem.mask is None else problem.mask
+                misfit += float(((predicted - measured).abs() * mask).sum())
+                signal += float((measured * mask).sum())
             loss.backward()
             self.optimizer.step()
             if self.positions is not None:
@@ -353,7 +356,7 @@ class _Refiner:
             total += float(loss.detach()) * len(idx)
         if self.positions is not None:
             self.positions.constrain()
-        return total / max(len(order), 1)
+        return total / max(len(order), 1), misfit / max(signal, 1e-30)
 
     @torch.no_grad()
     def snapshot(self) -> dict[str, Any]:
@@ -426,7 +429,9 @@ def refine(
     for it in range(opts.n_iter):
         refiner.begin_pass(it)
         order = torch.randperm(k, generator=generator).to(device)
-        trace.loss.append(refiner.run_pass(problem, order))
+        loss, r = refiner.run_pass(problem, order)
+        trace.loss.append(loss)
+        trace.r_factor.append(r)
         trace.elapsed_s.append(time.perf_counter() - t0)
         _log_progress(trace, it, opts.n_iter)
         if callback is not None:
@@ -440,6 +445,7 @@ def refine(
         start="network" if start is not None else "flat",
         seconds=trace.elapsed_s[-1] if trace.elapsed_s else 0.0,
         probe_refined=opts.probe_lr > 0,
+        r_factor=trace.r_factor[-1] if trace.r_factor else None,
         **_position_fields(refiner.correction()),
     )
     with torch.no_grad():
@@ -489,31 +495,19 @@ def refine_auto(
         full.begin_pass(it)
         order = torch.randperm(k, generator=generator).to(device)
         twin.run_pass(problem, order[torch.isin(order, fit)])  # the same shuffle, fit set only
-        trace.loss.append(full.run_pass(problem, order))
+        loss, r = full.run_pass(problem, order)
+        trace.loss.append(loss)
+        trace.r_factor.append(r)
         held_nll = twin.nll(problem, held)
         trace.held_out.append(float(held_nll.mean()))
         trace.elapsed_s.append(time.perf_counter() - t0)
         _log_progress(trace, it, opts.n_iter)
         if trace.held_out[-1] < float(best_nll.mean()):
             best_nll, best_pass, best = held_nll, it + 1, full.snapshot()
-        if annealed_at is not None and it + 1 >= annealed_at + opts.patience:
-            reason = (
-                f"held-out likelihood not better for {opts.patience} passes at pass "
-                f"{annealed_at}; step sizes annealed over {opts.patience} more"
-            )
+        stop, annealed_at = _stop_or_anneal(it, best_pass, annealed_at, opts, (twin, full))
+        if stop is not None:
+            reason = stop
             break
-        if (
-            annealed_at is None
-            and it + 1 - best_pass >= opts.patience
-            and it + 1 >= opts.min_passes
-        ):
-            if full.factor <= 2 * opts.final_lr_fraction:  # the steps are already small
-                reason = f"held-out likelihood not better for {opts.patience} passes"
-                break
-            # a plateau at large steps is Adam's step noise, not the data's limit: anneal
-            annealed_at = it + 1
-            twin.anneal_now(it + 1, opts.patience)
-            full.anneal_now(it + 1, opts.patience)
     _log_done(trace, k)
     gain, error = _paired_gain(start_nll, best_nll)
     if best is None:
@@ -539,6 +533,7 @@ def refine_auto(
         final_nll=float((best_nll if best is not None else start_nll).mean()),
         held_out_fraction=opts.held_out_fraction,
         probe_refined=opts.probe_lr > 0,
+        r_factor=trace.r_factor[best_pass - 1] if best_pass > 0 else None,
         **_position_fields(best["correction"] if best is not None else None),
     )
     if best is None:
@@ -555,6 +550,37 @@ def _position_fields(correction: torch.Tensor | None) -> dict[str, Any]:
         return {}
     rms = float(correction.double().square().sum(dim=1).mean().sqrt())
     return {"positions_refined": True, "position_correction_rms_px": rms}
+
+
+def _stop_or_anneal(
+    it: int,
+    best_pass: int,
+    annealed_at: int | None,
+    opts: RefineOptions,
+    refiners: tuple[_Refiner, ...],
+) -> tuple[str | None, int | None]:
+    """After pass ``it``: why to stop (None: go on), and the pass the final annealing began.
+
+    ``patience`` passes without a better held-out likelihood (not before ``min_passes``) stop
+    refinement if the steps are already small; while they are large, such a plateau is
+    Adam's step noise, not the data's limit, so the steps anneal to their final size over
+    ``patience`` more passes first.
+    """
+    done = it + 1
+    if annealed_at is not None:
+        if done < annealed_at + opts.patience:
+            return None, annealed_at
+        return (
+            f"held-out likelihood not better for {opts.patience} passes at pass "
+            f"{annealed_at}; step sizes annealed over {opts.patience} more"
+        ), annealed_at
+    if done - best_pass < opts.patience or done < opts.min_passes:
+        return None, None
+    if refiners[-1].factor <= 2 * opts.final_lr_fraction:  # the steps are already small
+        return f"held-out likelihood not better for {opts.patience} passes", None
+    for refiner in refiners:
+        refiner.anneal_now(done, opts.patience)
+    return None, done
 
 
 #: Standard errors by which the held-out likelihood must improve on the start's for
@@ -614,8 +640,8 @@ def _log_progress(trace: RefineTrace, it: int, n_iter: int) -> None:
         return
     held = f", held-out NLL {trace.held_out[-1]:.6g}" if trace.held_out else ""
     logger.info(
-        "refine: pass %d of at most %d, loss %.6g%s, %.1f s",
-        it + 1, n_iter, trace.loss[-1], held, trace.elapsed_s[-1],
+        "refine: pass %d of at most %d, loss %.6g, R-factor %.4f%s, %.1f s",
+        it + 1, n_iter, trace.loss[-1], trace.r_factor[-1], held, trace.elapsed_s[-1],
     )  # fmt: skip
 
 

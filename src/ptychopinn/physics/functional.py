@@ -360,10 +360,14 @@ def object_nll(
     mask : (N, N) 0/1, the detector pixels that count (None: all)
     returns scalar (mean over the K patterns), or (K,) with ``per_pattern``
     """
-    n = measured_amplitude.shape[-1]
-    patches = extract_patches(obj[None], positions_px[None], n)[0]  # (K, N, N)
-    predicted = far_field_amplitude(probe, patches)
+    predicted = object_amplitudes(obj, positions_px, probe, measured_amplitude.shape[-1])
     return poisson_nll(predicted, measured_amplitude, scale, mask=mask, per_pattern=per_pattern)
+
+
+def object_amplitudes(obj: Tensor, positions_px: Tensor, probe: Tensor, n: int) -> Tensor:
+    """(K, N, N) predicted far-field amplitudes of the patches of ``obj`` at ``positions_px``."""
+    patches = extract_patches(obj[None], positions_px[None], n)[0]  # (K, N, N)
+    return far_field_amplitude(probe, patches)
 
 
 def r_factor(
