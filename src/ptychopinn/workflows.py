@@ -242,6 +242,20 @@ def _check_scans(config: Config, train_scan: ScanData, val_scan: ScanData | None
             f"{val_scan.source}: supervised validation needs 'Y' or 'objectGuess'; neither is "  # type: ignore[union-attr]
             "present (omit --val_data to validate on held-out groups of the training scan)"
         )
+    for scan in (train_scan,) if val_scan is None else (train_scan, val_scan):
+        check_diffraction_geometry(scan)
+
+
+def check_diffraction_geometry(scan: ScanData) -> None:
+    """Refuse patterns whose zero frequency is in the corner; warn of a centre offset."""
+    from ptychopinn.io.summary import diffraction_geometry
+
+    geometry = diffraction_geometry(scan)
+    problems = geometry.problems()
+    if problems:
+        raise DataError(f"{scan.source}: {problems[0]}")
+    for warning in geometry.warnings():
+        logger.warning("%s: %s", scan.source, warning)
 
 
 def _log_plan(config: Config, plan: Any, recipe: str, accelerator: str, precision: str) -> None:

@@ -280,7 +280,10 @@ def _units_of(diff: Any, units: UnitsRequest) -> Literal["amplitude", "counts"]:
 def _warn_if_counts_like(diff: Any, source: str, key: str) -> None:
     if np.dtype(diff.dtype).kind != "f":
         return
-    sample = np.asarray(diff[: min(len(diff), 64)])
+    # patterns spread over the whole stack (the first ones may be a dark or blank start)
+    sample = np.asarray(
+        diff[np.unique(np.linspace(0, len(diff) - 1, min(len(diff), 1024)).astype(int))]
+    )
     if sample.size and np.all(sample == np.round(sample)) and float(sample.max()) > 16:
         logger.warning(
             "%s: %s is float but holds whole numbers up to %g: these look like photon counts; "

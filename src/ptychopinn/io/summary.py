@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,72 @@ def probe_diameter_px(probe: np.ndarray, fraction: float = 0.9) -> float:
     return float(2 * r[order][np.searchsorted(cumulative, fraction)])
 
 
-def summarize(scan: ScanData) -> dict[str, Any]:
+#: A measured pattern centre further than this from the probe's (pixels) is reported.
+CENTRE_TOLERANCE_PX = 1.0
+
+
+@dataclass(frozen=True)
+class DiffractionGeometry:
+    """Where the measured patterns' centre lies against the forward model's.
+
+    ``offset_px`` (dy, dx): the shift that best aligns the probe's far-field intensity
+    (zero frequency at N // 2, the forward model's convention) with the mean measured
+    pattern, from the peak of their circular cross-correlation (sub-pixel by a parabola
+    through the peak). Near (N/2, N/2) the zero frequency of the data sits in the array
+    corner: the patterns were not fftshifted.
+    """
+
+    offset_px: tuple[float, float]
+    n: int
+    patterns_used: int
+
+    @property
+    def corner(self) -> bool:
+        """The data's zero frequency is in the array corner (not fftshifted)."""
+        q = self.n / 4
+        return all(abs(o) > q for o in self.offset_px)
+
+    def problems(self) -> list[str]:
+        """What a user must fix before training (empty: nothing)."""
+        if self.corner:
+            return [
+                "the patterns' zero frequency is in the array corner, not at the centre "
+                f"(offset {self.offset_px[0]:.1f}, {self.offset_px[1]:.1f} px against the "
+                "probe's far field): shift them with np.fft.fftshift(diffraction, axes=(1, 2))"
+            ]
+        return []
+
+    def warnings(self) -> list[str]:
+        dy, dx = self.offset_px
+        if not self.corner and np.hypot(dy, dx) > CENTRE_TOLERANCE_PX:
+            return [
+                f"the mean pattern's centre lies {dy:+.2f}, {dx:+.2f} px (y, x) from the "
+                "probe's far field: a diffraction-centre offset (or a probe from another "
+                "setup); crop the detector around the beam centre"
+            ]
+        return []
+
+
+def diffraction_geometry(scan: ScanData, max_patterns: int = 1024) -> DiffractionGeometry:
+    """Compare the mean measured pattern with the probe's far field (:class:`DiffractionGeometry`)."""
+    m, n = scan.n_patterns, scan.N
+    sample = np.unique(np.linspace(0, m - 1, min(m, max_patterns)).round().astype(np.int64))
+    mean = np.mean(scan.amplitudes(sample).astype(np.float64) ** 2, axis=0)
+    far = np.fft.fftshift(np.fft.fft2(scan.probe, norm="ortho"), axes=(-2, -1))
+    model = np.sum(np.abs(far) ** 2, axis=0)
+    # circular cross-correlation: peak at the shift that moves the model onto the data
+    corr = np.real(np.fft.ifft2(np.fft.fft2(mean) * np.conj(np.fft.fft2(model))))
+    py, px = (int(v) for v in np.unravel_index(int(np.argmax(corr)), corr.shape))
+    offset = []
+    for p, line in ((py, corr[:, px]), (px, corr[py, :])):
+        lo, mid, hi = (float(line[(p + d) % n]) for d in (-1, 0, 1))
+        curvature = lo - 2 * mid + hi
+        shift = p + (0.5 * (lo - hi) / curvature if curvature < 0 else 0.0)
+        offset.append(float(shift - n if shift > n / 2 else shift))
+    return DiffractionGeometry((offset[0], offset[1]), n, len(sample))
+
+
+def summarize(scan: ScanData, geometry: DiffractionGeometry | None = None) -> dict[str, Any]:
     """Facts a user checks before training: sizes, positions, overlap, dose, probe, reference."""
     pos = scan.positions_px
     m = scan.n_patterns
@@ -42,6 +108,7 @@ def summarize(scan: ScanData) -> dict[str, Any]:
     sample = np.linspace(0, m - 1, min(m, 4096)).round().astype(np.int64)
     totals = np.sum(scan.amplitudes(sample).astype(np.float64) ** 2, axis=(1, 2))
     unit = "photons" if scan.units == "counts" else "amplitude^2"
+    geometry = geometry or diffraction_geometry(scan)
     return {
         "file": scan.source,
         "patterns": m,
@@ -64,4 +131,7 @@ def summarize(scan: ScanData) -> dict[str, Any]:
         else "no",
         "ground_truth_patches_Y": "yes" if scan.patches is not None else "no",
         "bad_pixels": int(scan.bad_pixels.sum()) if scan.bad_pixels is not None else 0,
+        "diffraction_centre_offset_px": "{:+.2f}, {:+.2f} (y, x; against the probe's far field, "
+        "{} patterns' mean)".format(*geometry.offset_px, geometry.patterns_used),
+        "zero_frequency": "array corner (NOT fftshifted)" if geometry.corner else "array centre",
     }
