@@ -335,10 +335,10 @@ def test_ptychodus_batch_train_then_reconstruct(batch_data):
     trained_m = evaluate(obj, scan.object, crop_box=box)
     untrained_m = evaluate(untrained_reconstruction(scan), scan.object, crop_box=box)
     # Ptychodus's reconstruction is the default inference (the network, then refine auto):
-    # measured phase / amplitude SSIM PTYCHODUS_MEASURED; the untrained network alone
-    # UNTRAINED_MEASURED
-    assert trained_m.phase_ssim >= 0.8, trained_m
-    assert trained_m.amplitude_ssim >= 0.5, trained_m
+    # measured phase / amplitude SSIM 0.997 / 0.988 (2-core EPYC, float32); the untrained
+    # network alone 0.118 / 0.090
+    assert trained_m.phase_ssim >= 0.9, trained_m
+    assert trained_m.amplitude_ssim >= 0.8, trained_m
     assert trained_m.phase_ssim > untrained_m.phase_ssim + 0.3, (trained_m, untrained_m)
     assert "refine auto" in log  # the default inference ran
 
