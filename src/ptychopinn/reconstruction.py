@@ -126,8 +126,7 @@ class Reconstruction:
         """Write ``reconstruction.npz`` and the amplitude and phase PNGs, each atomically.
 
         The PNGs' display range is set by the well-lit pixels (:meth:`well_lit`); the phase
-        PNG shows the phase relative to the mean phase of those pixels (the npz keeps the
-        phase as reconstructed)."""
+        PNG shows :func:`display_phase` (the npz keeps the phase as reconstructed)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
@@ -154,10 +153,7 @@ class Reconstruction:
         write_npz(out / "reconstruction.npz", arrays)
         paths = [out / "reconstruction.npz"]
         mask, lit = self.coverage > 0, self.well_lit()
-        # the phase relative to the mean of the well-lit region: the global phase is arbitrary,
-        # and an object whose phases span less than 2 pi is then shown without wraps
-        mean = self.object[lit].mean() if lit.any() else 1.0
-        phase = np.angle(self.object * np.exp(-1j * np.angle(mean)))
+        phase = display_phase(self.object, lit)
         for name, image, cmap, unit in (
             ("reconstructed_amplitude.png", self.amplitude, "gray", ""),
             ("reconstructed_phase.png", np.where(mask, phase, 0.0), "twilight", "rad"),
@@ -246,3 +242,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def display_phase(obj: np.ndarray, lit: np.ndarray) -> np.ndarray:
+    """(H, W) phase of ``obj`` without its linear ramp and mean over the ``lit`` pixels.
+
+    A reconstruction's global phase is arbitrary and a linear phase ramp is what a shift of
+    the diffraction centre or of the probe makes, so neither is shown: the ramp is the mean
+    phase difference between lit neighbours (computed on the complex products, so wraps do
+    not bias it), and the phase is then centred on its mean. An object whose phases span
+    less than 2 pi is shown without wraps.
+    """
+    if not lit.any():
+        return np.angle(obj)
+    pairs_y, pairs_x = lit[1:] & lit[:-1], lit[:, 1:] & lit[:, :-1]
+    gy = np.angle(np.sum((obj[1:] * np.conj(obj[:-1]))[pairs_y])) if pairs_y.any() else 0.0
+    gx = np.angle(np.sum((obj[:, 1:] * np.conj(obj[:, :-1]))[pairs_x])) if pairs_x.any() else 0.0
+    yy, xx = np.mgrid[: obj.shape[0], : obj.shape[1]]
+    flat = obj * np.exp(-1j * (gy * yy + gx * xx))
+    return np.angle(flat * np.exp(-1j * np.angle(flat[lit].mean())))
