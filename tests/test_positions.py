@@ -110,3 +110,26 @@ def test_infer_refine_positions_writes_the_corrected_positions(
     again = pp.scan_with_positions(tiny_scan, rec)
     np.testing.assert_array_equal(again.positions_px, rec.positions_px)
     assert again.n_patterns == tiny_scan.n_patterns
+
+
+def test_refine_auto_corrects_positions_and_keeps_the_result(scan):
+    """From a start made with wrong positions (a network trained on them), auto refinement
+    with position correction keeps its passes: the held-out patterns' positions are corrected
+    against the twin too (at their input positions they could never become more likely, and
+    auto kept the start: measured on a 576-pattern GRF, 0.80 -> 0.80 before, 0.96 after)."""
+    from ptychopinn.refinement import refine_auto
+
+    truth = scan.positions_px
+    wrong = truth + np.random.default_rng(0).normal(0, 1.0, truth.shape)
+    scan_wrong = dataclasses.replace(scan, positions_px=wrong)
+    probe = normalize_probe(torch.from_numpy(scan.probe))
+    norm = Normalization.from_scan(scan_wrong)
+    start = refine(scan_wrong, probe, norm, None, RefineOptions(n_iter=20, batch_size=16))[0]
+    opts = RefineOptions(
+        n_iter=100, batch_size=16, object_lr=0.02, start_phase_sigma_px=0, anneal_start=0.0,
+        warmup_passes=5.0, coarse_factor=0, position_lr=0.1,
+    )  # fmt: skip
+    rec, _, _ = refine_auto(scan_wrong, probe, norm, start, opts)
+    assert rec.refinement.passes > 20 and rec.refinement.positions_refined
+    assert _error(rec, truth) < 0.7 * _error(start, truth)
+    assert _phase_ssim(rec, scan) > _phase_ssim(start, scan) + 0.2

@@ -40,8 +40,9 @@ class PositionCorrector:
     lr : step size (pixels)
     max_px : cap on each correction, per axis (pixels)
     constraint : ``free`` (every position its own) or ``affine`` (one affine map)
-    movable : indices of the positions refinement moves (None: all); with ``free`` the
-        others keep their input positions, with ``affine`` they follow the map
+    movable : indices of the positions that define the common shift and the affine map
+        (None: all); the others move only by their own steps (``free``) or follow the map
+        (``affine``)
     """
 
     def __init__(
@@ -86,16 +87,14 @@ class PositionCorrector:
     def constrain(self) -> None:
         """Remove the common shift; fit the affine map (``affine``); cap the corrections."""
         d = self.positions - self.nominal
-        moved = d[self.movable]
-        moved = moved - moved.mean(dim=0)
         if self.constraint == "affine":
+            moved = d[self.movable] - d[self.movable].mean(dim=0)
             basis = _affine_basis(self.nominal)  # (K, 3)
             solution = torch.linalg.lstsq(basis[self.movable].double(), moved.double()).solution
             d = (basis.double() @ solution).to(d.dtype)
             d = d - d[self.movable].mean(dim=0)
         else:
-            d = torch.zeros_like(d)
-            d[self.movable] = moved
+            d = d - d[self.movable].mean(dim=0)
         self.positions.copy_(self.nominal + d.clamp(-self.max_px, self.max_px))
 
     def correction(self) -> torch.Tensor:

@@ -358,6 +358,20 @@ class _Refiner:
             self.positions.constrain()
         return total / max(len(order), 1), misfit / max(signal, 1e-30)
 
+    def fit_positions(self, problem: _Problem, index: torch.Tensor) -> None:
+        """Steps of the positions ``index`` alone, against the object as it is (which those
+        patterns do not change): the held-out patterns' own position corrections."""
+        if self.positions is None or self.it < self.opts.position_start_pass:
+            return
+        obj, probe = self.current().detach(), self.probe.detach()
+        for b in range(0, len(index), self.opts.batch_size):
+            idx = index[b : b + self.opts.batch_size]
+            measured = problem.measured[idx]
+            predicted = object_amplitudes(obj, self.pos(problem)[idx], probe, measured.shape[-1])
+            poisson_nll(predicted, measured, problem.scale, mask=problem.mask).backward()
+            self.positions.step(idx, self.factor)
+        self.positions.constrain()
+
     @torch.no_grad()
     def snapshot(self) -> dict[str, Any]:
         """The object, the probe and the position corrections as they are now (copies)."""
@@ -495,6 +509,7 @@ def refine_auto(
         full.begin_pass(it)
         order = torch.randperm(k, generator=generator).to(device)
         twin.run_pass(problem, order[torch.isin(order, fit)])  # the same shuffle, fit set only
+        twin.fit_positions(problem, held)  # with --refine_positions: theirs are wrong too
         loss, r = full.run_pass(problem, order)
         trace.loss.append(loss)
         trace.r_factor.append(r)
