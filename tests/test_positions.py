@@ -89,9 +89,10 @@ def test_corrections_are_capped_and_carry_no_common_shift():
 
 
 def test_infer_refine_positions_writes_the_corrected_positions(
-    tmp_path, tiny_scan, tiny_bundle, run_cli
+    tmp_path, tiny_scan, tiny_bundle, run_cli, user_error
 ):
-    """``infer --refine_positions`` stores the corrected positions, which make a scan again."""
+    """``infer --refine_positions`` stores the corrected positions, which make a scan again
+    (``--export_scan`` writes it, the given positions as its nominal ones)."""
     from ptychopinn import workflows as pp
     from ptychopinn.bundle import save_bundle
     from ptychopinn.io.npz import write_scan_npz
@@ -101,15 +102,25 @@ def test_infer_refine_positions_writes_the_corrected_positions(
     save_bundle(tmp_path / "wts.h5.zip", b.config, b.normalization, b.net, b.probe)
     write_scan_npz(tmp_path / "scan.npz", tiny_scan)
     args = ("infer", "--model_path", "wts.h5.zip", "--data", "scan.npz", "--refine", "8")
-    result = run_cli(*args, "--refine_positions", "--output_dir", "OUT", cwd=tmp_path)
+    user_error(
+        run_cli(*args, "--export_scan", "c.npz", "--output_dir", "X", cwd=tmp_path),
+        "--refine_positions",
+    )
+    assert not (tmp_path / "X").exists()
+    result = run_cli(
+        *args, "--refine_positions", "--export_scan", "corrected.npz", "--output_dir", "OUT",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rec = Reconstruction.load(tmp_path / "OUT" / "reconstruction.npz")
     assert rec.refinement.positions_refined
     moved = np.abs(rec.positions_px - tiny_scan.positions_px).max()
     assert 0 < moved <= 3.0  # moved, within the cap
-    again = pp.scan_with_positions(tiny_scan, rec)
-    np.testing.assert_array_equal(again.positions_px, rec.positions_px)
-    assert again.n_patterns == tiny_scan.n_patterns
+    again = pp.read_scan(tmp_path / "corrected.npz")
+    np.testing.assert_allclose(again.positions_px, rec.positions_px)
+    given = tiny_scan.nominal_positions_px  # the simulated raster before its jitter
+    np.testing.assert_allclose(again.nominal_positions_px, given)
+    np.testing.assert_array_equal(np.asarray(again.diffraction), np.asarray(tiny_scan.diffraction))
 
 
 def test_refine_auto_corrects_positions_and_keeps_the_result(scan):

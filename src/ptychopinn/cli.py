@@ -216,6 +216,9 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
           help="correct the scan positions as well: each its own (free, the default when "
           "named) or one affine map of the given ones (affine); the corrected positions go "
           "to reconstruction.npz")  # fmt: skip
+    _flag(p, "--export_scan", default=None, metavar="FILE",
+          help="with --refine_positions: write the scan with the corrected positions to FILE "
+          "(.npz or .h5; the given ones become its nominal positions)")  # fmt: skip
     _flag(p, "--refine_from", choices=["network", "flat"], default="network",
           help="refinement start: the network's reconstruction or a flat object (network)")  # fmt: skip
     _flag(p, "--batch_size", type=POSITIVE_INT, default=None,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychopinn.errors import DataError
+from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.outputs import check_output_file, output_set
 
 logger = logging.getLogger("ptychopinn")
@@ -143,6 +143,7 @@ def run_infer(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.output_dir)
+    export = _export_target(args)
     with output_set(out, INFER_OUTPUTS, args.overwrite) as work:
         device = torch_device(args.accelerator)
         precision = inference_precision(args.precision, device)
@@ -175,8 +176,32 @@ def run_infer(args: argparse.Namespace) -> int:
             final = final.replace(pixel_size_m=args.pixel_size_m)
             network = network.replace(pixel_size_m=args.pixel_size_m)
         _write_reconstructions(work, scan, final, network if final is not network else None)
+        if export is not None:
+            _export_scan(export, scan, final)
     logger.info("wrote %s", out)
     return 0
+
+
+def _export_target(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """``--export_scan``: its path and format, checked before any work."""
+    if args.export_scan is None:
+        return None
+    if not args.refine_positions:
+        raise ConfigError("--export_scan writes corrected positions: add --refine_positions")
+    path = Path(args.export_scan)
+    return path, check_output_file(path, SCAN_SUFFIXES, args.overwrite)
+
+
+def _export_scan(target: tuple[Path, str], scan: Any, rec: Any) -> None:
+    from ptychopinn.io.hdf5 import write_scan_h5
+    from ptychopinn.io.npz import write_scan_npz
+    from ptychopinn.workflows import scan_with_positions
+
+    path, kind = target
+    corrected = scan_with_positions(scan, rec)
+    (write_scan_h5 if kind == "h5" else write_scan_npz)(path, corrected)
+    moved = rec.refinement is not None and rec.refinement.positions_refined
+    logger.info("wrote %s: the scan with %s positions", path, "corrected" if moved else "its given")
 
 
 def _write_reconstructions(out: Path, scan: Any, final: Any, network: Any | None) -> None:

@@ -441,8 +441,9 @@ def scan_with_positions(scan: ScanData, rec: Reconstruction) -> ScanData:
     """``scan`` with the positions of ``rec`` (e.g. corrected by ``refine_positions``).
 
     The reconstruction's positions are the scan's, pattern by pattern, in the scan's frame
-    (y, x object pixels), so the result trains and reconstructs like any scan;
-    :func:`ptychopinn.io.npz.write_scan_npz` writes it.
+    (y, x object pixels), so the result trains and reconstructs like any scan; the given
+    positions become its nominal ones (unless it has them already).
+    :func:`ptychopinn.io.npz.write_scan_npz` writes it (``infer --export_scan``).
     """
     from dataclasses import replace
 
@@ -450,7 +451,12 @@ def scan_with_positions(scan: ScanData, rec: Reconstruction) -> ScanData:
         raise ConfigError(
             f"scan_with_positions: {len(rec.positions_px)} positions for {scan.n_patterns} patterns"
         )
-    return replace(scan, positions_px=np.asarray(rec.positions_px, dtype=np.float64))
+    nominal = scan.positions_px if scan.nominal_positions_px is None else scan.nominal_positions_px
+    return replace(
+        scan,
+        positions_px=np.asarray(rec.positions_px, dtype=np.float64),
+        nominal_positions_px=nominal,
+    )
 
 
 def write_metrics(
