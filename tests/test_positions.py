@@ -128,7 +128,7 @@ def test_refine_auto_corrects_positions_and_keeps_the_result(scan):
     with position correction keeps its passes: the held-out patterns' positions are corrected
     against the twin too (at their input positions they could never become more likely, and
     auto kept the start: measured on a 576-pattern GRF, 0.80 -> 0.80 before, 0.96 after)."""
-    from ptychopinn.refinement import refine_auto
+    from ptychopinn.refine_auto import refine_auto
 
     truth = scan.positions_px
     wrong = truth + np.random.default_rng(0).normal(0, 1.0, truth.shape)

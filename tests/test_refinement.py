@@ -239,7 +239,7 @@ def test_refinement_fills_what_the_start_left_uncovered(scan):
 def test_refine_auto_keeps_the_start_when_the_data_cannot_improve_it(scan):
     """Started at the truth, no pass makes the held-out patterns significantly more likely:
     auto returns the start unchanged and says why."""
-    from ptychopinn.refinement import refine_auto
+    from ptychopinn.refine_auto import refine_auto
 
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))
@@ -258,7 +258,7 @@ def test_refine_auto_anneals_a_plateau_at_large_steps_before_it_stops(scan):
     """A held-out plateau while the steps are large is the optimiser's step noise: auto
     anneals the steps over its patience before it stops, and the held-out likelihood, worse
     at the large steps, recovers as they shrink."""
-    from ptychopinn.refinement import refine_auto
+    from ptychopinn.refine_auto import refine_auto
 
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))
@@ -278,7 +278,7 @@ def test_refine_auto_refines_a_poor_start_and_keeps_the_best_held_out_pass(scan)
     """From a flat object there is much to gain: auto refines on all patterns while a twin
     without the held-out ones decides, and keeps the all-pattern object of the pass where the
     held-out patterns were likeliest: the object fixed passes reach with the same schedule."""
-    from ptychopinn.refinement import refine_auto
+    from ptychopinn.refine_auto import refine_auto
 
     norm = Normalization.from_scan(scan)
     probe = normalize_probe(torch.from_numpy(scan.probe))

@@ -65,12 +65,12 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 # -- check ---------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from ptychopinn.io.summary import diffraction_geometry, summarize
+    from ptychopinn.io.summary import summarize
     from ptychopinn.workflows import check_diffraction_geometry, read_scan
 
     scan = read_scan(args.file, args.diffraction_units)
-    check_diffraction_geometry(scan)  # a file that would train on scrambled data: exit 2
-    summary = summarize(scan, diffraction_geometry(scan))
+    geometry = check_diffraction_geometry(scan)  # scrambled data (not fftshifted): exit 2
+    summary = summarize(scan, geometry)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

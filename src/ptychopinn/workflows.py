@@ -246,8 +246,10 @@ def _check_scans(config: Config, train_scan: ScanData, val_scan: ScanData | None
         check_diffraction_geometry(scan)
 
 
-def check_diffraction_geometry(scan: ScanData) -> None:
-    """Refuse patterns whose zero frequency is in the corner; warn of a centre offset."""
+def check_diffraction_geometry(scan: ScanData) -> Any:
+    """Refuse patterns whose zero frequency is in the corner; warn of a centre offset.
+
+    Returns the :class:`~ptychopinn.io.summary.DiffractionGeometry` it measured."""
     from ptychopinn.io.summary import diffraction_geometry
 
     geometry = diffraction_geometry(scan)
@@ -256,6 +258,7 @@ def check_diffraction_geometry(scan: ScanData) -> None:
         raise DataError(f"{scan.source}: {problems[0]}")
     for warning in geometry.warnings():
         logger.warning("%s: %s", scan.source, warning)
+    return geometry
 
 
 def _log_plan(config: Config, plan: Any, recipe: str, accelerator: str, precision: str) -> None:
@@ -370,12 +373,13 @@ def refine_reconstruction(
     """Maximum-likelihood refinement with the bundle's forward model (:mod:`ptychopinn.refinement`).
 
     ``start`` is the network's reconstruction (or None for a flat object); ``passes`` is
-    ``"auto"`` (:func:`~ptychopinn.refinement.refine_auto`) or a number of passes. A start
+    ``"auto"`` (:func:`~ptychopinn.refine_auto.refine_auto`) or a number of passes. A start
     from a collapsed network (a tiled constant patch) is a worse start than a flat object, so
     refinement then starts flat, with a warning. ``options`` replaces the settings chosen
     for the start (:func:`refine_options`).
     """
-    from ptychopinn.refinement import refine, refine_auto
+    from ptychopinn.refine_auto import refine_auto
+    from ptychopinn.refinement import refine
 
     if passes != "auto" and (not isinstance(passes, int) or passes < 0):
         raise ConfigError(f"refine: expected 'auto' or a number of passes >= 0, got {passes!r}")
