@@ -197,7 +197,7 @@ def test_product_round_trip_ptychodus_ptychopinn_ptychodus(tmp_path):
     np.testing.assert_allclose(read.positions_px, scan.positions_px, atol=1e-6)
     np.testing.assert_array_equal(read.object, scan.object)
     np.testing.assert_allclose(read.probe, scan.probe)
-    assert read.metadata["pixel_size_m"] == pytest.approx(PIXEL_M)
+    assert read.pixel_size_m == pytest.approx(PIXEL_M)
     # the diffraction file alone finds its product
     same = ptychodus_files.read_scan(tmp_path / "diffraction.h5")
     np.testing.assert_array_equal(same.positions_px, read.positions_px)

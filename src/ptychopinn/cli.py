@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = (
         ("simulate", "simulate a scan and write a scan NPZ or HDF5 file", add_simulate_arguments),
         ("check", "validate a data file and print a summary", add_check_arguments),
+        (
+            "convert",
+            "convert a scan between layouts (NPZ, HDF5, CXI, tike), cropping/binning the detector",
+            add_convert_arguments,
+        ),
         ("train", "train a model; writes RUN/wts.h5.zip, checkpoints, logs", add_train_arguments),
         ("infer", "reconstruct a scan with a trained model", add_infer_arguments),
         ("evaluate", "compare a reconstruction with a reference object", add_evaluate_arguments),
@@ -172,6 +177,45 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="scan NPZ, chunked HDF5 scan, or Ptychodus product .h5")
     _units(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """``Y,X`` -> (y, x) floats."""
+    try:
+        y, x = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Y,X (two numbers), got {text!r}") from None
+    return y, x
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="scan NPZ, chunked HDF5, CXI, tike/pty-chi NPZ or Ptychodus .h5")
+    p.add_argument("output", help="*.npz (scan NPZ, or --layout tike), *.h5 (chunked) or *.cxi")
+    _flag(p, "--detector_crop", type=POSITIVE_INT, default=None, metavar="PIXELS",
+          help="keep this many detector pixels around the zero frequency (object pixels grow; "
+          "the probe is resampled)")  # fmt: skip
+    _flag(p, "--detector_bin", type=POSITIVE_INT, default=1, metavar="B",
+          help="sum B x B detector pixels (after the crop; the probe window shrinks) (1)")  # fmt: skip
+    _flag(p, "--centre", type=_pair, default=None, metavar="Y,X",
+          help="zero-frequency pixel of the input detector (default: measured)")  # fmt: skip
+    _flag(p, "--no_centre_correction", action="store_true",
+          help="leave a measured diffraction-centre offset alone (default: the probe gets the "
+          "matching phase ramp)")  # fmt: skip
+    _flag(p, "--probe", default=None, metavar="FILE",
+          help="NPZ whose probeGuess (or probe) replaces the input's, at the input detector's "
+          "size or the output's")  # fmt: skip
+    _flag(p, "--positions", choices=["corner", "centre"], default="corner",
+          help="tike/pty-chi layout: its scan positions are window corners or centres (corner)")  # fmt: skip
+    _flag(p, "--energy_eV", "--energy_ev", type=POSITIVE, default=None, help="photon energy [eV]")
+    _flag(p, "--distance_m", type=POSITIVE, default=None, help="sample-detector distance [m]")
+    _flag(p, "--detector_pixel_m", type=POSITIVE, default=None,
+          help="detector pixel size [m] (before binning)")  # fmt: skip
+    _flag(p, "--pixel_size_m", type=POSITIVE, default=None,
+          help="object pixel size of the input patterns [m] (instead of the geometry)")  # fmt: skip
+    _flag(p, "--layout", choices=["ptychopinn", "tike"], default="ptychopinn",
+          help="layout of an .npz output (ptychopinn)")  # fmt: skip
+    _units(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

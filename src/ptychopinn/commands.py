@@ -65,18 +65,51 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 # -- check ---------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
+    from ptychopinn.convert import describe
     from ptychopinn.io.summary import summarize
     from ptychopinn.workflows import check_diffraction_geometry, read_scan
 
     scan = read_scan(args.file, args.diffraction_units)
     geometry = check_diffraction_geometry(scan)  # scrambled data (not fftshifted): exit 2
-    summary = summarize(scan, geometry)
+    summary = {**summarize(scan, geometry), **describe(scan)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         width = max(len(k) for k in summary)
         for key, value in summary.items():
             print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# -- convert -------------------------------------------------------------------------------
+def run_convert(args: argparse.Namespace) -> int:
+    from ptychopinn.convert import ConvertOptions, convert
+
+    probe = None
+    if args.probe:
+        from ptychopinn.io.npz import load_npz_arrays
+
+        arrays = load_npz_arrays(args.probe)
+        key = next((k for k in ("probeGuess", "probe") if k in arrays), None)
+        if key is None:
+            raise DataError(f"{args.probe}: no probeGuess or probe; found {sorted(arrays)}")
+        probe = np.asarray(arrays[key])
+        probe = probe.reshape(-1, *probe.shape[-2:]) if probe.ndim > 2 else probe[None]
+    options = ConvertOptions(
+        detector_crop=args.detector_crop,
+        detector_bin=args.detector_bin,
+        centre=args.centre,
+        correct_centre=not args.no_centre_correction,
+        probe=probe,
+        positions=args.positions,
+        photon_energy_eV=args.energy_eV,
+        detector_distance_m=args.distance_m,
+        detector_pixel_m=args.detector_pixel_m,
+        pixel_size_m=args.pixel_size_m,
+        units=args.diffraction_units,
+        layout=args.layout,
+    )
+    convert(args.input, args.output, options, overwrite=args.overwrite)
     return 0
 
 

@@ -411,6 +411,7 @@ def _reconstruction(
         positions_px=scan.positions_px[used],
         N=m.N,
         probe=bundle.probe.detach().cpu().numpy().astype(np.complex64),
+        pixel_size_m=scan.pixel_size_m,
         collapsed=collapsed,
         metadata={
             "gridsize": m.gridsize,

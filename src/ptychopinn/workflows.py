@@ -49,13 +49,16 @@ __all__ = [
 
 
 def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
-    """Read a scan from an NPZ, a chunked HDF5 scan, or a Ptychodus product/diffraction pair.
+    """Read a scan from an NPZ, a chunked HDF5 scan, a CXI file, or a Ptychodus pair.
 
     An ``.h5`` / ``.hdf5`` file with the root attribute ``format = "ptychopinn-scan"`` is a
     chunked HDF5 scan (:mod:`ptychopinn.io.hdf5`), whose patterns stream from disk. Any other
     HDF5 file, or a directory holding ``product.h5``, is a Ptychodus scan named by its
     ``product.h5``, its ``diffraction.h5`` or the directory; its patterns are photon counts
-    whatever their dtype. An NPZ saved without compression has its patterns memory-mapped.
+    whatever their dtype. A ``.cxi`` file, or HDF5 with ``/entry_1/data_1/data``, is read as
+    CXI (:mod:`ptychopinn.io.cxi`); an NPZ with ``data``, ``scan`` and ``probe`` as the tike /
+    pty-chi layout (:mod:`ptychopinn.io.tike`). An NPZ saved without compression has its
+    patterns memory-mapped.
     """
     p = Path(path)
     if p.exists() and not p.is_dir():  # a FIFO or a device is refused before it is opened
@@ -65,6 +68,10 @@ def read_scan(path: str | os.PathLike[str], units: str = "auto") -> ScanData:
 
         if is_scan_h5(p):
             return read_scan_h5(p, units)  # type: ignore[arg-type]
+    from ptychopinn.io.cxi import is_cxi, read_cxi
+
+    if is_cxi(p):
+        return read_cxi(p, units)
     if p.suffix in (".h5", ".hdf5") or (p.is_dir() and (p / "product.h5").is_file()):
         from ptychopinn.io.ptychodus_files import read_scan as read_ptychodus_scan
 

@@ -18,7 +18,8 @@ Root datasets, named as the NPZ keys
 * ``xcoords``, ``ycoords`` (M,): positions in object pixels (patch centres)
 * ``probeGuess`` (N, N) or (P, N, N) complex
 * optional: ``objectGuess`` (Ho, Wo) complex, ``xcoords_start``, ``ycoords_start`` (M,),
-  ``scan_index`` (M,) int, ``bad_pixels`` (N, N) bool, ``Y`` (M, N, N) complex
+  ``scan_index`` (M,) int, ``bad_pixels`` (N, N) bool, ``pixel_size_m`` ()
+  float (the object pixel size in metres), ``Y`` (M, N, N) complex
 
 Everything but ``diffraction`` is read into memory. ``diffraction`` stays in the file behind an
 :class:`H5Array`, which reopens the file in every process, so DataLoader workers (fork or spawn)
@@ -63,6 +64,7 @@ _SMALL_KEYS = (
     "ycoords_start",
     "scan_index",
     "bad_pixels",
+    "pixel_size_m",
     "Y",
 )
 
@@ -73,6 +75,14 @@ def _h5py() -> Any:
     import h5py
 
     return h5py
+
+
+def open_h5(path: Path) -> Any:
+    """An HDF5 file opened for reading; DataError if it is not one."""
+    try:
+        return _h5py().File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
 class H5Array:
@@ -231,11 +241,7 @@ def read_scan_h5(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> 
     p = check_regular_file(path, "an HDF5 file")
     source = str(p)
     h5py = _h5py()
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise DataError(f"{p}: not a readable HDF5 file ({exc})") from exc
-    with f:
+    with open_h5(p) as f:
         marker = _text(f.attrs.get("format"))
         if marker != FORMAT:
             raise DataError(
@@ -326,6 +332,7 @@ def scan_h5_writer(
     nominal_positions_px: np.ndarray | None = None,
     scan_index: np.ndarray | None = None,
     bad_pixels: np.ndarray | None = None,
+    pixel_size_m: float | None = None,
     compression: str | None = None,
 ) -> Iterator[PatternSink]:
     """Write a chunked HDF5 scan atomically; the patterns are appended through the sink.
@@ -368,6 +375,7 @@ def scan_h5_writer(
             ("objectGuess", object),
             ("scan_index", scan_index),
             ("bad_pixels", bad_pixels),
+            ("pixel_size_m", pixel_size_m),
         ):
             if value is not None:
                 f[key] = np.asarray(value)
@@ -407,6 +415,7 @@ def write_scan_h5(
         nominal_positions_px=scan.nominal_positions_px,
         scan_index=scan.scan_index,
         bad_pixels=scan.bad_pixels,
+        pixel_size_m=scan.pixel_size_m,
         compression=compression,
     ) as sink:
         for start in range(0, scan.n_patterns, WRITE_BATCH):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ptychopinn.io.atomic import atomic_path
+from ptychopinn.io.units import format_length
 
 #: Images lower than this many pixels get no tick labels (the text would not fit).
 MIN_LABELLED_HEIGHT = 40
@@ -128,7 +129,4 @@ def _round_length(target_m: float) -> tuple[float, str]:
     exponent = math.floor(math.log10(target_m))
     mantissa = max(m for m in (1, 2, 5) if m * 10.0**exponent <= target_m * (1 + 1e-9))
     length = mantissa * 10.0**exponent
-    for scale, unit in ((1e-3, "mm"), (1e-6, "µm"), (1e-9, "nm")):
-        if length >= scale:
-            return length, f"{length / scale:.3g} {unit}"
-    return length, f"{length / 1e-12:.3g} pm"
+    return length, format_length(length)

@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ptychopinn.errors import DataError
+from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
+from ptychopinn.io.tike import is_tike_layout, scan_from_tike
 from ptychopinn.resources import check_allocation
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 UnitsRequest = Literal["auto", "amplitude", "counts"]
 
 #: NPZ keys memory-mapped when stored uncompressed (the diffraction stack).
-MAPPED_KEYS = ("diffraction", "diff3d")
+MAPPED_KEYS = ("diffraction", "diff3d", "data")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _CRC_BLOCK_BYTES = 16 * 1024**2
 
@@ -242,6 +243,7 @@ def scan_from_arrays(
         scan_index=optional("scan_index"),
         patches=optional("Y"),
         bad_pixels=optional("bad_pixels"),
+        pixel_size_m=optional("pixel_size_m"),
         source=source,
     )
     if units == "auto" and resolved == "amplitude":  # advice only for data that passed
@@ -295,8 +297,15 @@ def _warn_if_counts_like(diff: Any, source: str, key: str) -> None:
 
 
 def read_npz(path: str | os.PathLike[str], units: UnitsRequest = "auto") -> ScanData:
-    """Read a scan NPZ scan NPZ."""
-    return scan_from_arrays(load_npz_arrays(path), str(path), units)
+    """Read a scan NPZ, or an NPZ in the tike / pty-chi layout (:mod:`ptychopinn.io.tike`)."""
+    arrays = load_npz_arrays(path)
+    if is_tike_layout(arrays):
+        if units == "amplitude":
+            raise ConfigError(
+                f"{path}: tike / pty-chi data are intensities; amplitude does not apply"
+            )
+        return scan_from_tike(arrays, str(path))
+    return scan_from_arrays(arrays, str(path), units)
 
 
 def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
@@ -319,6 +328,8 @@ def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
         out["Y"] = scan.patches
     if scan.bad_pixels is not None:
         out["bad_pixels"] = scan.bad_pixels
+    if scan.pixel_size_m is not None:
+        out["pixel_size_m"] = np.asarray(scan.pixel_size_m, dtype=np.float64)
     return out
 
 
@@ -334,7 +345,7 @@ def write_npz(
 
 
 def write_scan_npz(path: str | os.PathLike[str], scan: ScanData) -> None:
-    """Write a scan as a scan NPZ NPZ. Counts are stored as integers, amplitudes as float32."""
+    """Write a scan as a scan NPZ. Counts are stored as integers, amplitudes as float32."""
     arrays = scan_to_arrays(scan)
     if scan.units == "counts" and arrays["diffraction"].dtype.kind == "f":
         arrays["diffraction"] = np.round(arrays["diffraction"]).astype(np.int32)

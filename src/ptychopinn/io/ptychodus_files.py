@@ -51,6 +51,7 @@ from ptychopinn.io.atomic import atomic_path
 from ptychopinn.io.hdf5 import check_stored_inside
 from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
+from ptychopinn.io.units import object_pixel_size_m
 
 if TYPE_CHECKING:
     import h5py
@@ -66,8 +67,6 @@ DIFFRACTION_NAME = "diffraction.h5"
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 #: Relative disagreement between the object pixel size and lambda z / (H p_det) that is reported.
 _PIXEL_SIZE_TOLERANCE = 0.01
-_PLANCK_EV_S = 4.135667696e-15
-_SPEED_OF_LIGHT_M_S = 299792458.0
 
 
 def center_offset_px(n: int) -> float:
@@ -247,8 +246,7 @@ def _check_pixel_size(
     distance = attrs.get("detector_object_distance_m")
     if not (energy and distance and detector_px_m) or not attrs.get("far_field", True):
         return
-    wavelength_m = _PLANCK_EV_S * _SPEED_OF_LIGHT_M_S / float(energy)
-    expected = wavelength_m * float(distance) / (n * detector_px_m)
+    expected = object_pixel_size_m(float(energy), float(distance), detector_px_m, n)
     if abs(object_px_m / expected - 1.0) > _PIXEL_SIZE_TOLERANCE:
         logger.warning(
             "%s: object pixel size %.4g m differs from lambda z / (N p_detector) = %.4g m "
@@ -429,7 +427,6 @@ def read_scan(
             "object_center_m": [g["center_y_m"], g["center_x_m"]],
             "position_indexes": indexes[rows].astype(np.int64).tolist(),
         },
-        "pixel_size_m": g["pixel_width_m"],
     }
     logger.info(
         "%s: %d patterns of %dx%d, object %dx%d at %.4g m/px",
@@ -442,6 +439,7 @@ def read_scan(
         probe=product.probe,
         object=reference,
         bad_pixels=bad_pixels,
+        pixel_size_m=g["pixel_width_m"],
         source=source,
         metadata=metadata,
     )

@@ -48,6 +48,7 @@ class ScanData:
     scan_index : (M,) int64
     patches : (M, N, N) complex64 or None  (ground-truth object patches ``Y``)
     bad_pixels : (N, N) bool or None
+    pixel_size_m : object pixel size in metres, when the geometry is known
     """
 
     diffraction: Any
@@ -59,6 +60,7 @@ class ScanData:
     scan_index: np.ndarray | None = None
     patches: np.ndarray | None = None
     bad_pixels: np.ndarray | None = None
+    pixel_size_m: float | None = None
     source: str = "<memory>"
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -150,6 +152,20 @@ class ScanData:
                     f"got {bad.dtype} {bad.shape}"
                 )
             object.__setattr__(self, "bad_pixels", bad.astype(bool))
+
+        if self.pixel_size_m is not None:
+            size = np.asarray(self.pixel_size_m)
+            if (
+                size.size != 1
+                or size.dtype.kind not in "uif"
+                or not np.isfinite(size).all()
+                or (float(size.reshape(())) <= 0)
+            ):
+                raise DataError(
+                    f"{src}: pixel_size_m: expected one positive number (metres), got "
+                    f"{self.pixel_size_m!r}"
+                )
+            object.__setattr__(self, "pixel_size_m", float(size.reshape(())))
 
     # -- derived facts -----------------------------------------------------------------------
     @property

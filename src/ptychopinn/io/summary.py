@@ -60,7 +60,8 @@ class DiffractionGeometry:
             return [
                 "the patterns' zero frequency is in the array corner, not at the centre "
                 f"(offset {self.offset_px[0]:.1f}, {self.offset_px[1]:.1f} px against the "
-                "probe's far field): shift them with np.fft.fftshift(diffraction, axes=(1, 2))"
+                "probe's far field): ptychopinn convert FILE FIXED.npz shifts them (as does "
+                "np.fft.fftshift(diffraction, axes=(1, 2)))"
             ]
         return []
 
@@ -70,7 +71,7 @@ class DiffractionGeometry:
             return [
                 f"the mean pattern's centre lies {dy:+.2f}, {dx:+.2f} px (y, x) from the "
                 "probe's far field: a diffraction-centre offset (or a probe from another "
-                "setup); crop the detector around the beam centre"
+                "setup); ptychopinn convert FILE FIXED.npz corrects it (a phase ramp on the probe)"
             ]
         return []
 

@@ -1,0 +1,229 @@
+"""``ptychopinn convert``: a scan from any layout we read into any we write, detector prepared.
+
+Reads what :func:`ptychopinn.workflows.read_scan` reads (scan NPZ, chunked HDF5, CXI, the
+tike / pty-chi NPZ layout, a Ptychodus pair); writes a scan NPZ, a chunked HDF5 scan, CXI or
+the tike layout. On the way it can crop and bin the detector to N (the probe resampled and
+the positions rescaled to match, :mod:`ptychopinn.io.detector`), fftshift patterns stored in
+FFT order, correct the diffraction-centre offset (a phase ramp on the probe), replace the
+probe, and attach the physical geometry that gives the object pixel size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychopinn.errors import ConfigError, DataError
+from ptychopinn.io.detector import LazyPatterns, prepare, upsample_probe
+from ptychopinn.io.scan import ScanData
+from ptychopinn.io.units import object_pixel_size_m
+
+logger = logging.getLogger(__name__)
+
+#: Output suffix -> writer name; ``.npz`` is the tike layout with ``layout="tike"``.
+OUTPUT_SUFFIXES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".cxi": "cxi"}
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to do on the way (every field optional).
+
+    detector_crop, detector_bin : see :func:`ptychopinn.io.detector.prepare`
+    centre : (y, x) zero-frequency pixel of the input detector (default measured)
+    correct_centre : give the probe the phase ramp of the measured centre offset
+    probe : (P, n, n) complex probe replacing (or supplying) the input's, at the input
+        detector's size or at the output's
+    positions : ``corner`` or ``centre``, how the tike layout's ``scan`` is read
+    photon_energy_eV, detector_distance_m, detector_pixel_m : the input detector's geometry
+    pixel_size_m : the input patterns' object pixel size (instead of the geometry)
+    units : diffraction units of the input (``auto``, ``counts``, ``amplitude``)
+    layout : ``ptychopinn`` or ``tike`` for an ``.npz`` output
+    """
+
+    detector_crop: int | None = None
+    detector_bin: int = 1
+    centre: tuple[float, float] | None = None
+    correct_centre: bool = True
+    probe: np.ndarray | None = None
+    positions: str = "corner"
+    photon_energy_eV: float | None = None  # noqa: N815
+    detector_distance_m: float | None = None
+    detector_pixel_m: float | None = None
+    pixel_size_m: float | None = None
+    units: str = "auto"
+    layout: str = "ptychopinn"
+
+    def geometry(self) -> dict[str, float]:
+        given = {
+            "photon_energy_eV": self.photon_energy_eV,
+            "detector_distance_m": self.detector_distance_m,
+            "detector_pixel_m": self.detector_pixel_m,
+        }
+        known = {k: float(v) for k, v in given.items() if v is not None}
+        if known and len(known) < 3:
+            missing = sorted(set(given) - set(known))
+            raise ConfigError(
+                f"the object pixel size needs the energy, distance and detector pixel size "
+                f"together: missing {', '.join(missing)}"
+            )
+        if known and self.pixel_size_m is not None:
+            raise ConfigError("give either --pixel_size_m or the detector geometry, not both")
+        return known
+
+
+def read_input(path: str | os.PathLike[str], options: ConvertOptions) -> ScanData:
+    """The input scan, with ``options.probe`` (resampled onto the input detector) if given."""
+    from ptychopinn.io.cxi import is_cxi, pattern_size, read_cxi
+    from ptychopinn.io.npz import load_npz_arrays
+    from ptychopinn.io.tike import is_tike_layout, scan_from_tike
+    from ptychopinn.workflows import read_scan
+
+    p = Path(path)
+    probe = options.probe
+    if is_cxi(p) and p.is_file():
+        big = None if probe is None else _probe_on_detector(probe, pattern_size(p), options)
+        return read_cxi(p, options.units, probe=big)
+    if p.suffix == ".npz" and p.is_file():
+        arrays = load_npz_arrays(p)
+        if is_tike_layout(arrays):
+            scan = scan_from_tike(arrays, str(p), options.positions)  # type: ignore[arg-type]
+            return _with_probe(scan, probe, options)
+    return _with_probe(read_scan(p, options.units), probe, options)
+
+
+def _probe_on_detector(probe: np.ndarray, detector: int, options: ConvertOptions) -> np.ndarray:
+    """A probe given at the output size, upsampled onto the input detector's grid."""
+    n = probe.shape[-1]
+    if probe.shape[-2] != n:
+        raise DataError(f"probe: expected square frames, got {probe.shape}")
+    if n == detector:
+        return probe
+    crop = options.detector_crop or detector
+    if n * options.detector_bin == crop:
+        return upsample_probe(probe, crop, detector)
+    raise DataError(
+        f"probe: {n} x {n} matches neither the {detector}-pixel detector nor the "
+        f"{crop // options.detector_bin}-pixel output patterns"
+    )
+
+
+def _with_probe(scan: ScanData, probe: np.ndarray | None, options: ConvertOptions) -> ScanData:
+    if probe is None:
+        return scan
+    return dataclasses.replace(scan, probe=_probe_on_detector(probe, scan.N, options))
+
+
+def _fftshifted(patterns: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(patterns, axes=(-2, -1))
+
+
+def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
+    """Geometry attached, FFT order undone, detector cropped/binned, centre corrected."""
+    from ptychopinn.io.summary import diffraction_geometry
+
+    geometry = options.geometry()
+    meta = dict(scan.metadata)
+    if geometry:
+        size = object_pixel_size_m(
+            geometry["photon_energy_eV"], geometry["detector_distance_m"],
+            geometry["detector_pixel_m"], scan.N,
+        )  # fmt: skip
+        meta["geometry"] = geometry
+        scan = dataclasses.replace(scan, pixel_size_m=size, metadata=meta)
+    elif options.pixel_size_m is not None:
+        scan = dataclasses.replace(scan, pixel_size_m=options.pixel_size_m)
+    if diffraction_geometry(scan).corner:
+        logger.info("%s: zero frequency in the array corner: patterns fftshifted", scan.source)
+        shifted = LazyPatterns(scan.diffraction, _fftshifted, scan.N, scan.diffraction.dtype)
+        bad = None if scan.bad_pixels is None else _fftshifted(scan.bad_pixels)
+        scan = dataclasses.replace(scan, diffraction=shifted, bad_pixels=bad)
+    out = prepare(
+        scan, options.detector_crop, options.detector_bin, options.centre, options.correct_centre
+    )
+    known = out.metadata.get("geometry")
+    if known and "detector_pixel_m" in known and options.detector_bin > 1:
+        binned = {**known, "detector_pixel_m": known["detector_pixel_m"] * options.detector_bin}
+        out = dataclasses.replace(out, metadata={**out.metadata, "geometry": binned})
+    return out
+
+
+def write_output(path: Path, kind: str, scan: ScanData, layout: str = "ptychopinn") -> None:
+    """Write ``scan`` to ``path`` in the format its suffix names."""
+    if kind == "cxi":
+        from ptychopinn.io.cxi import write_cxi
+
+        write_cxi(path, scan)
+    elif kind == "h5":
+        from ptychopinn.io.hdf5 import write_scan_h5
+
+        write_scan_h5(path, scan)
+    elif layout == "tike":
+        from ptychopinn.io.tike import write_tike_npz
+
+        write_tike_npz(path, scan)
+    else:
+        from ptychopinn.io.npz import write_scan_npz
+
+        write_scan_npz(path, scan)
+
+
+def convert(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    options: ConvertOptions | None = None,
+    overwrite: bool = False,
+) -> ScanData:
+    """Read ``source``, prepare it (:func:`prepare_scan`), write ``target``; returns what was
+    written. Nothing is written when anything fails."""
+    from ptychopinn.io.outputs import check_output_file
+
+    options = options or ConvertOptions()
+    out_path = Path(target)
+    if out_path.exists() and Path(source).exists() and out_path.samefile(source):
+        raise ConfigError(f"{target}: the output would replace its own input")
+    kind = check_output_file(out_path, OUTPUT_SUFFIXES, overwrite)
+    if options.layout not in ("ptychopinn", "tike"):
+        raise ConfigError(f"layout: expected 'ptychopinn' or 'tike', got {options.layout!r}")
+    if options.layout == "tike" and kind != "npz":
+        raise ConfigError("the tike layout is an NPZ: name the output *.npz")
+    scan = prepare_scan(read_input(source, options), options)
+    write_output(out_path, kind, scan, options.layout)
+    logger.info(
+        "wrote %s: %d patterns of %d x %d, object pixel %s",
+        out_path, scan.n_patterns, scan.N, scan.N,
+        f"{scan.pixel_size_m:.4g} m" if scan.pixel_size_m else "unknown",
+    )  # fmt: skip
+    return scan
+
+
+def describe(scan: ScanData) -> dict[str, Any]:
+    """What a reader assumed, for ``check``: layout, units, axis order, centre, geometry."""
+    meta = scan.metadata
+    notes: dict[str, Any] = {}
+    if "tike" in meta:
+        t = meta["tike"]
+        notes["layout"] = "tike / pty-chi NPZ (data, scan, probe)"
+        notes["positions_read_as"] = f"scan (y, x) in object pixels, window {t['positions']}s"
+        notes["zero_frequency_read_as"] = t.get("zero_frequency", "array centre (as stored)")
+    elif "cxi" in meta:
+        notes["layout"] = f"CXI (patterns at /{meta['cxi'].get('data', 'entry_1/data_1/data')})"
+        notes["positions_read_as"] = "translation x, y [m] as the probe's positions"
+    elif "ptychodus" in meta:
+        notes["layout"] = "Ptychodus product + diffraction pair"
+        notes["positions_read_as"] = "probe_position_x_m, probe_position_y_m [m]"
+    else:
+        notes["layout"] = "scan NPZ / HDF5 (diffraction, xcoords, ycoords, probeGuess)"
+        notes["positions_read_as"] = "xcoords, ycoords: patch centres in object pixels"
+    notes["units_read_as"] = (
+        "photon counts" if scan.units == "counts" else "amplitudes sqrt(counts)"
+    )
+    notes["object_pixel_size"] = (
+        f"{scan.pixel_size_m:.4g} m" if scan.pixel_size_m else "unknown (no geometry)"
+    )
+    return notes
