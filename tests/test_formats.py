@@ -229,3 +229,14 @@ def test_a_probe_given_at_the_output_size_is_used_as_is(tmp_path, big_scan):
     scan = convert(tmp_path / "in.npz", tmp_path / "again.npz", options)
     np.testing.assert_allclose(scan.probe, target, atol=1e-5)
     assert prepare_scan(big_scan, ConvertOptions()).N == 64
+
+
+def test_positions_can_be_mirrored_and_swapped(tmp_path, tiny_scan):
+    write_scan_npz(tmp_path / "in.npz", tiny_scan)
+    args = ["convert", str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), "--flip_positions",
+            "y", "--swap_positions"]  # fmt: skip
+    assert main(args) == 0
+    got = read_scan(tmp_path / "out.npz").positions_px
+    y, x = tiny_scan.positions_px[:, 1], tiny_scan.positions_px[:, 0]  # swapped
+    np.testing.assert_allclose(got[:, 0], y.min() + y.max() - y)
+    np.testing.assert_allclose(got[:, 1], x)

@@ -240,6 +240,11 @@ class TrainingConfig:
         1e-3, "Adam's learning rate", low=0.0, low_open=True, aliases=("lr",)
     )
     scheduler: Scheduler = option("cosine", "learning-rate schedule, per optimiser step")
+    probe_trainable: bool = option(
+        False,
+        "learn the probe with the network through the likelihood (unsupervised), at the "
+        "network's learning rate; the learned probe goes into the bundle",
+    )
     warmup_fraction: float = option(
         0.06,
         "fraction of the run over which the learning rate first rises linearly from zero",

@@ -43,6 +43,9 @@ class ConvertOptions:
     photon_energy_eV, detector_distance_m, detector_pixel_m : the input detector's geometry
     pixel_size_m : the input patterns' object pixel size (instead of the geometry)
     units : diffraction units of the input (``auto``, ``counts``, ``amplitude``)
+    flip_positions : ``""``, ``x``, ``y`` or ``xy``: mirror the positions along those axes
+        (about the scan's centre), for a stage whose axes run against the detector's
+    swap_positions : exchange the positions' x and y (a stage mounted turned by 90 degrees)
     layout : ``ptychopinn`` or ``tike`` for an ``.npz`` output
     """
 
@@ -57,6 +60,8 @@ class ConvertOptions:
     detector_pixel_m: float | None = None
     pixel_size_m: float | None = None
     units: str = "auto"
+    flip_positions: str = ""
+    swap_positions: bool = False
     layout: str = "ptychopinn"
 
     def geometry(self) -> dict[str, float]:
@@ -138,6 +143,7 @@ def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
         scan = dataclasses.replace(scan, pixel_size_m=size, metadata=meta)
     elif options.pixel_size_m is not None:
         scan = dataclasses.replace(scan, pixel_size_m=options.pixel_size_m)
+    scan = _oriented(scan, options)
     if diffraction_geometry(scan).corner:
         logger.info("%s: zero frequency in the array corner: patterns fftshifted", scan.source)
         shifted = LazyPatterns(scan.diffraction, _fftshifted, scan.N, scan.diffraction.dtype)
@@ -151,6 +157,30 @@ def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
         binned = {**known, "detector_pixel_m": known["detector_pixel_m"] * options.detector_bin}
         out = dataclasses.replace(out, metadata={**out.metadata, "geometry": binned})
     return out
+
+
+def _oriented(scan: ScanData, options: ConvertOptions) -> ScanData:
+    """The positions swapped and mirrored as asked (nominal positions alike)."""
+    if options.flip_positions not in ("", "x", "y", "xy"):
+        raise ConfigError(f"flip_positions: expected x, y or xy, got {options.flip_positions!r}")
+    if not options.flip_positions and not options.swap_positions:
+        return scan
+    pos = scan.positions_px.copy()
+    nominal = scan.nominal_positions_px.copy() if scan.nominal_positions_px is not None else pos
+    if options.swap_positions:
+        pos, nominal = pos[:, ::-1].copy(), nominal[:, ::-1].copy()
+    for axis, name in ((0, "y"), (1, "x")):
+        if name in options.flip_positions:
+            mirror = pos[:, axis].min() + pos[:, axis].max()
+            pos[:, axis], nominal[:, axis] = mirror - pos[:, axis], mirror - nominal[:, axis]
+    logger.info(
+        "positions %s%s", "swapped (x <-> y) " if options.swap_positions else "",
+        f"mirrored along {options.flip_positions}" if options.flip_positions else "",
+    )  # fmt: skip
+    # a reference object no longer lies under the moved positions
+    return dataclasses.replace(
+        scan, positions_px=pos, nominal_positions_px=nominal, object=None, patches=None
+    )
 
 
 def write_output(path: Path, kind: str, scan: ScanData, layout: str = "ptychopinn") -> None:

@@ -254,7 +254,16 @@ def _resampled(scan: ScanData, plan: DetectorPlan) -> ScanData:
     dtype = scan.diffraction.dtype if counts else np.float32
     if counts and np.dtype(dtype).kind in "iu" and plan.bin > 1:
         dtype = np.int64 if np.dtype(dtype).itemsize > 4 else np.int32
-    probe = fourier_crop(scan.probe, plan.crop) if plan.crop != plan.detector else scan.probe
+    probe = scan.probe
+    if plan.crop != plan.detector:
+        probe = fourier_crop(scan.probe, plan.crop)
+        lost = 1 - float(np.sum(np.abs(probe) ** 2)) / float(np.sum(np.abs(scan.probe) ** 2))
+        if lost > PROBE_LOSS_WARNING:
+            logger.warning(
+                "cropping the detector to %d px cuts %.1f%% of the probe's far field (the "
+                "direct beam): the model cannot explain what is cut off; crop less or bin",
+                plan.crop, 100 * lost,
+            )  # fmt: skip
     if plan.bin > 1:
         total = float(np.sum(np.abs(probe) ** 2))
         probe = centre_crop(probe, n)

@@ -34,6 +34,7 @@ class ForwardModel(nn.Module):
         ``"probe"``, the support times the probe amplitude, so each pixel of the shared
         object comes mostly from the patterns that illuminate it strongly and determine it
         best; ``"support"``, every pixel of the support alike
+    trainable : the probe is a parameter (learned through the likelihood), not a constant
     """
 
     probe: Tensor
@@ -45,13 +46,17 @@ class ForwardModel(nn.Module):
         support: Tensor,
         probe_mask: bool = False,
         merge_weights: MergeWeights = "support",
+        trainable: bool = False,
     ):
         super().__init__()
         n = probe.shape[-1]
         probe = probe.to(torch.complex64)
         if probe_mask:
             probe = probe * disk_mask(n, n / 2, device=probe.device)
-        self.register_buffer("probe", probe)
+        if trainable:  # the same state-dict key either way: checkpoints load into both
+            self.probe = nn.Parameter(probe.clone())
+        else:
+            self.register_buffer("probe", probe)
         self.register_buffer("support", support.to(torch.float32), persistent=False)
         self.merge_weights = merge_weights
 
@@ -70,7 +75,7 @@ class ForwardModel(nn.Module):
         on_canvas = offsets_px + size // 2
         # from the probe buffer at every call: a module restored from a checkpoint gets its
         # probe only when the state dict is loaded
-        weights = patch_weights(self.support, self.probe, self.merge_weights)  # (N, N)
+        weights = patch_weights(self.support, self.probe.detach(), self.merge_weights)  # (N, N)
         canvas, _ = merge_patches(patches, on_canvas, (size, size), weights=weights)
         return extract_patches(canvas, on_canvas, n)
 

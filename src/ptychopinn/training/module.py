@@ -61,7 +61,8 @@ class PtychoPINNModule(L.LightningModule):
             initial = torch.zeros(n_probe_modes, m.N, m.N, dtype=torch.complex64)
         else:
             initial = normalize_probe(probe.to(torch.complex64))
-        self.physics = ForwardModel(initial, support, m.probe_mask, m.merge_weights)
+        trainable = self.cfg.training.probe_trainable and m.mode == "unsupervised"
+        self.physics = ForwardModel(initial, support, m.probe_mask, m.merge_weights, trainable)
         self.good_pixels: Tensor | None
         self.register_buffer("good_pixels", good_pixels, persistent=False)
         self._epoch_start = 0.0
@@ -77,7 +78,9 @@ class PtychoPINNModule(L.LightningModule):
         b, p, n, _ = amplitude.shape
         c = self.cfg.model.C
         x = amplitude.reshape(b * p // c, c, n, n).contiguous(memory_format=torch.channels_last)
-        patches = object_patches(*self.net(x, self.physics.probe))  # (B * K, C, N, N)
+        # the network sees the probe as an input; a learned probe learns through the physics
+        probe = self.physics.probe.detach()
+        patches = object_patches(*self.net(x, probe))  # (B * K, C, N, N)
         return patches.reshape(b, p, n, n)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

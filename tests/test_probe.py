@@ -1,0 +1,98 @@
+"""Probe refinement: a probe estimate from another defocus than the truth is recovered well
+enough that the object reaches the quality it has with the true probe; a trainable probe
+learns during training and goes into the bundle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptychopinn.data.dataset import Normalization
+from ptychopinn.data.samples import make_probe
+from ptychopinn.data.simulate import simulate_scan
+from ptychopinn.evaluation import evaluate, scanned_region
+from ptychopinn.physics.functional import normalize_probe
+from ptychopinn.refinement import RefineOptions, refine
+
+N = 32
+DIAMETER = N / 3  # simulate's default disk probe: diameter N / 3, N / 18 Fresnel zones
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return simulate_scan(n=N, n_positions=100, object_kind="grf", photons_per_pattern=1e6, seed=5)
+
+
+def defocused(factor: float) -> torch.Tensor:
+    """The same optic ``factor`` times as far from focus: diameter and zones scale together."""
+    probe = make_probe("disk", N, diameter_px=factor * DIAMETER, defocus=factor * DIAMETER / 6)
+    return normalize_probe(torch.from_numpy(probe)[None])
+
+
+def _phase_ssim(rec, scan) -> float:
+    box = scanned_region(rec.positions_px, scan.N, scan.object.shape)
+    return evaluate(rec.on_object_grid(scan.object.shape), scan.object, crop_box=box).phase_ssim
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|<a, b>| / (|a| |b|): 1 for the same probe up to a constant phase and scale."""
+    return float((a.conj() * b).sum().abs() / (a.norm() * b.norm()))
+
+
+def test_the_simulated_probe_is_the_undefocused_estimate(scan):
+    truth = normalize_probe(torch.from_numpy(scan.probe))
+    assert _overlap(defocused(1.0), truth) > 0.999
+    assert _overlap(defocused(1.5), truth) < 0.75  # a visibly different probe
+
+
+def test_probe_refinement_recovers_a_defocused_estimate(scan):
+    norm = Normalization.from_scan(scan)
+    truth = normalize_probe(torch.from_numpy(scan.probe))
+    options = RefineOptions(n_iter=150, batch_size=16)
+    with_truth, _, _ = refine(scan, truth, norm, None, options)
+    estimate = defocused(1.5)
+    fixed, _, _ = refine(scan, estimate, norm, None, options)
+    learned, probe, _ = refine(
+        scan, estimate, norm, None, RefineOptions(n_iter=150, batch_size=16, probe_lr=0.1)
+    )
+    q_truth, q_fixed, q_learned = (_phase_ssim(r, scan) for r in (with_truth, fixed, learned))
+    assert q_learned > q_truth - 0.03, (q_truth, q_fixed, q_learned)
+    assert q_learned > q_fixed + 0.05, (q_truth, q_fixed, q_learned)
+    assert _overlap(probe, truth) > 0.95 > 0.75 > _overlap(estimate, truth)
+
+
+def test_probe_refinement_costs_nothing_when_the_probe_is_right(scan):
+    norm = Normalization.from_scan(scan)
+    truth = normalize_probe(torch.from_numpy(scan.probe))
+    fixed, _, _ = refine(scan, truth, norm, None, RefineOptions(n_iter=100, batch_size=16))
+    learned, probe, _ = refine(
+        scan, truth, norm, None, RefineOptions(n_iter=100, batch_size=16, probe_lr=0.1)
+    )
+    assert _phase_ssim(learned, scan) > _phase_ssim(fixed, scan) - 0.01
+    assert _overlap(probe, truth) > 0.99
+
+
+@pytest.mark.slow
+def test_a_trainable_probe_is_learned_and_saved_in_the_bundle(tmp_path, scan):
+    """Trained from a probe estimate of another defocus, the probe moves toward the truth and
+    the bundle carries the learned probe; a fixed probe stays as given."""
+    import dataclasses
+
+    from ptychopinn import workflows as pp
+    from ptychopinn.config import Config, ModelConfig, TrainingConfig
+
+    estimate = defocused(1.5)
+    wrong = dataclasses.replace(scan, probe=estimate.numpy())
+    truth = normalize_probe(torch.from_numpy(scan.probe))
+    probes = {}
+    for trainable in (False, True):
+        config = Config(
+            model=ModelConfig(N=N, n_filters_scale=0.25),
+            training=TrainingConfig(
+                max_epochs=6, groups_per_epoch=64, logger="none", probe_trainable=trainable
+            ),
+        )
+        run = pp.train(config, wrong, tmp_path / str(trainable), progress=False)
+        probes[trainable] = pp.load_bundle(run.bundle_path).probe
+    assert torch.allclose(probes[False], estimate, atol=1e-6)
+    assert _overlap(probes[True], truth) > _overlap(estimate, truth) + 0.02
