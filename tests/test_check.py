@@ -50,3 +50,16 @@ def test_patterns_not_fftshifted_fail_check_and_training(tmp_path, tiny_scan, ca
         assert main(["check", str(tmp_path / "rolled.npz")]) == 0
     assert "diffraction-centre offset" in caplog.text
     assert "diffraction_centre_offset_px" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pupil", [0.6, 1.5])
+def test_a_probe_whose_far_field_has_another_size_is_reported(tiny_scan, pupil):
+    """The probe of another energy, distance or binning: its far field is smaller or larger
+    than the measured patterns' central disk (the defaults' far field: ratio 1.0)."""
+    from ptychopinn.data.samples import make_probe
+
+    assert diffraction_geometry(tiny_scan).size_ratio == pytest.approx(1.0, abs=0.05)
+    probe = make_probe("disk", 32, diameter_px=32 / 3, defocus=pupil * 32 / 3 / 6)
+    g = diffraction_geometry(dataclasses.replace(tiny_scan, probe=probe))
+    assert (g.size_ratio > 1.25) if pupil < 1 else (g.size_ratio < 0.8)
+    assert any("times the size of the probe's far field" in w for w in g.warnings())

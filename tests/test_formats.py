@@ -68,8 +68,9 @@ def test_a_cropped_detector_keeps_the_model_with_the_resampled_probe(big_scan):
 def test_binning_sums_counts_and_keeps_bad_pixels_bad(big_scan):
     bad = np.zeros((64, 64), bool)
     bad[5, 7] = True
-    scan = dataclasses.replace(big_scan, bad_pixels=bad)
+    scan = dataclasses.replace(big_scan, bad_pixels=bad, background=1.0)
     binned = prepare(scan, bin=2, correct_centre=False)
+    np.testing.assert_array_equal(binned.background, np.full((32, 32), 4.0))
     assert binned.N == 32 and binned.bad_pixels[2, 3] and binned.bad_pixels.sum() == 1
     fine = scan.amplitudes()[:4].astype(np.float64) ** 2
     expect = fine.reshape(4, 32, 2, 32, 2).sum(axis=(2, 4))
@@ -195,6 +196,16 @@ def test_convert_refuses_bad_requests_with_one_line(tmp_path, big_scan, capsys, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert fragment in err[-1]
     assert not out.exists()
+
+
+def test_convert_records_a_background_the_scan_keeps(tmp_path, tiny_scan, capsys):
+    write_scan_npz(tmp_path / "in.npz", tiny_scan)
+    out = tmp_path / "out.h5"
+    assert main(["convert", str(tmp_path / "in.npz"), str(out), "--background", "0.5"]) == 0
+    np.testing.assert_array_equal(read_scan(out).background, np.full((32, 32), 0.5))
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 0
+    assert "512 photons (modelled in every likelihood)" in capsys.readouterr().out
 
 
 def test_convert_refuses_a_centre_that_is_not_a_pair(tmp_path, capsys):

@@ -206,6 +206,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
           "size or the output's")  # fmt: skip
     _flag(p, "--positions", choices=["corner", "centre"], default="corner",
           help="tike/pty-chi layout: its scan positions are window corners or centres (corner)")  # fmt: skip
+    _flag(p, "--background", type=NON_NEGATIVE, default=None, metavar="COUNTS",
+          help="constant detector background per pixel and pattern of the input (counts); "
+          "every likelihood then models it")  # fmt: skip
     _flag(p, "--flip_positions", choices=["x", "y", "xy"], default="",
           help="mirror the positions along these axes (a stage running against the detector)")  # fmt: skip
     _flag(p, "--swap_positions", action="store_true", help="exchange the positions' x and y")

@@ -107,6 +107,7 @@ def run_convert(args: argparse.Namespace) -> int:
         detector_pixel_m=args.detector_pixel_m,
         pixel_size_m=args.pixel_size_m,
         units=args.diffraction_units,
+        background=args.background,
         flip_positions=args.flip_positions,
         swap_positions=args.swap_positions,
         layout=args.layout,

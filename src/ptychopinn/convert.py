@@ -43,6 +43,7 @@ class ConvertOptions:
     photon_energy_eV, detector_distance_m, detector_pixel_m : the input detector's geometry
     pixel_size_m : the input patterns' object pixel size (instead of the geometry)
     units : diffraction units of the input (``auto``, ``counts``, ``amplitude``)
+    background : a constant detector background of the input, per pixel and pattern (counts)
     flip_positions : ``""``, ``x``, ``y`` or ``xy``: mirror the positions along those axes
         (about the scan's centre), for a stage whose axes run against the detector's
     swap_positions : exchange the positions' x and y (a stage mounted turned by 90 degrees)
@@ -60,6 +61,7 @@ class ConvertOptions:
     detector_pixel_m: float | None = None
     pixel_size_m: float | None = None
     units: str = "auto"
+    background: float | None = None
     flip_positions: str = ""
     swap_positions: bool = False
     layout: str = "ptychopinn"
@@ -144,11 +146,14 @@ def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
     elif options.pixel_size_m is not None:
         scan = dataclasses.replace(scan, pixel_size_m=options.pixel_size_m)
     scan = _oriented(scan, options)
+    if options.background is not None:
+        scan = dataclasses.replace(scan, background=np.asarray(options.background))
     if diffraction_geometry(scan).corner:
         logger.info("%s: zero frequency in the array corner: patterns fftshifted", scan.source)
         shifted = LazyPatterns(scan.diffraction, _fftshifted, scan.N, scan.diffraction.dtype)
         bad = None if scan.bad_pixels is None else _fftshifted(scan.bad_pixels)
-        scan = dataclasses.replace(scan, diffraction=shifted, bad_pixels=bad)
+        bg = None if scan.background is None else _fftshifted(scan.background)
+        scan = dataclasses.replace(scan, diffraction=shifted, bad_pixels=bad, background=bg)
     out = prepare(
         scan, options.detector_crop, options.detector_bin, options.centre, options.correct_centre
     )

@@ -136,6 +136,17 @@ def measured_on_canvas(
     return torch.from_numpy(measured).to(device), torch.from_numpy(positions).to(device)
 
 
+def background_tensor(
+    scan: ScanData, normalization: Normalization, device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
+    """(N, N) the scan's detector background in the normalised units of the likelihood
+    (:func:`~ptychopinn.physics.functional.with_background`), or None."""
+    if scan.background is None:
+        return None
+    scaled = scan.background * normalization.amplitude_factor**2
+    return torch.from_numpy(scaled.astype(np.float32)).to(device)
+
+
 def pattern_nll(
     objects: list[torch.Tensor],
     geometry: CanvasGeometry,
@@ -162,12 +173,16 @@ def pattern_nll(
     objects = [obj.to(device=device, dtype=torch.complex64) for obj in objects]
     good = scan.good_pixels
     mask = None if good is None else torch.from_numpy(good).to(device)
+    background = background_tensor(scan, normalization, device)
     total = np.zeros(len(objects))
     for start in range(0, len(indices), chunk):
         index = indices[start : start + chunk]
         measured, pos = measured_on_canvas(scan, index, normalization, geometry, device)
         for i, obj in enumerate(objects):
-            nll = object_nll(obj, pos, probe, measured, normalization.intensity_scale, mask=mask)
+            nll = object_nll(
+                obj, pos, probe, measured, normalization.intensity_scale, mask=mask,
+                background=background,
+            )  # fmt: skip
             total[i] += float(nll) * len(index)
     return [float(v) for v in total / max(len(indices), 1)]
 

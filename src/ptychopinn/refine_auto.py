@@ -208,4 +208,5 @@ def _start_nll(
             problem.scale,
             per_pattern=True,
             mask=problem.mask,
+            background=problem.background,
         )

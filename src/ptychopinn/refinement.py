@@ -35,7 +35,7 @@ import torch
 
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.errors import ConfigError
-from ptychopinn.inference import CANVAS_BYTES_PER_PX, measured_on_canvas
+from ptychopinn.inference import CANVAS_BYTES_PER_PX, background_tensor, measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_amplitudes, object_nll, poisson_nll
 from ptychopinn.positions import PositionCorrector
@@ -176,7 +176,10 @@ class _Problem:
     pos: torch.Tensor
     scale: float
     mask: torch.Tensor | None = None
-    pad: int = 0  # pixels the canvas extends beyond the start's on every side
+    pad: int = 0
+    background: torch.Tensor | None = (
+        None  # (N, N) normalised units  # pixels the canvas extends beyond the start's on every side
+    )
 
 
 def _problem(
@@ -228,6 +231,7 @@ def _problem(
         normalization.intensity_scale,
         mask,
         pad if start is not None else 0,
+        background_tensor(scan, normalization, device),
     )
 
 
@@ -346,7 +350,9 @@ class _Refiner:
             self.optimizer.zero_grad(set_to_none=True)
             measured = problem.measured[idx]
             n = measured.shape[-1]
-            predicted = object_amplitudes(self.current(), self.pos(problem)[idx], self.probe, n)
+            predicted = object_amplitudes(
+                self.current(), self.pos(problem)[idx], self.probe, n, problem.background
+            )
             loss = poisson_nll(predicted, measured, problem.scale, mask=problem.mask)
             with torch.no_grad():
                 mask = 1.0 if problem.mask is None else problem.mask
@@ -372,7 +378,8 @@ class _Refiner:
         for b in range(0, len(index), self.opts.batch_size):
             idx = index[b : b + self.opts.batch_size]
             measured = problem.measured[idx]
-            predicted = object_amplitudes(obj, self.pos(problem)[idx], probe, measured.shape[-1])
+            n = measured.shape[-1]
+            predicted = object_amplitudes(obj, self.pos(problem)[idx], probe, n, problem.background)
             poisson_nll(predicted, measured, problem.scale, mask=problem.mask).backward()
             self.positions.step(idx, self.factor)
         self.positions.constrain()
@@ -404,6 +411,7 @@ class _Refiner:
                     problem.scale,
                     per_pattern=True,
                     mask=problem.mask,
+                    background=problem.background,
                 )
                 for idx in index.split(chunk)
             ]

@@ -27,6 +27,7 @@ from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.device import resolve_accelerator, training_precision
 from ptychopinn.errors import BundleError, ConfigError, DataError, OutputExistsError
+from ptychopinn.inference import background_tensor
 from ptychopinn.inference import reconstruct as network_reconstruction
 from ptychopinn.io.npz import read_npz
 from ptychopinn.io.paths import check_regular_file
@@ -151,6 +152,7 @@ def train(
             n_probe_modes=train_scan.n_probe_modes,
             probe=torch.from_numpy(train_scan.probe),
             good_pixels=_good_pixels(train_scan, val_scan),
+            background=background_tensor(train_scan, normalization),
         )
         trainer, checkpoint = _trainer(
             config, run_dir, datamodule, accelerator, precision, callbacks, progress

@@ -304,6 +304,7 @@ def _resampled(scan: ScanData, plan: DetectorPlan) -> ScanData:
         object=None if scan.object is None else fourier_resample(scan.object, scale),
         patches=None,
         bad_pixels=bad,
+        background=None if scan.background is None else plan.window(scan.background),
         pixel_size_m=None if scan.pixel_size_m is None else scan.pixel_size_m / scale,
         metadata=meta,
     )

@@ -65,6 +65,7 @@ _SMALL_KEYS = (
     "scan_index",
     "bad_pixels",
     "pixel_size_m",
+    "background",
     "Y",
 )
 
@@ -333,6 +334,7 @@ def scan_h5_writer(
     scan_index: np.ndarray | None = None,
     bad_pixels: np.ndarray | None = None,
     pixel_size_m: float | None = None,
+    background: np.ndarray | None = None,
     compression: str | None = None,
 ) -> Iterator[PatternSink]:
     """Write a chunked HDF5 scan atomically; the patterns are appended through the sink.
@@ -376,6 +378,7 @@ def scan_h5_writer(
             ("scan_index", scan_index),
             ("bad_pixels", bad_pixels),
             ("pixel_size_m", pixel_size_m),
+            ("background", background),
         ):
             if value is not None:
                 f[key] = np.asarray(value)
@@ -416,6 +419,7 @@ def write_scan_h5(
         scan_index=scan.scan_index,
         bad_pixels=scan.bad_pixels,
         pixel_size_m=scan.pixel_size_m,
+        background=scan.background,
         compression=compression,
     ) as sink:
         for start in range(0, scan.n_patterns, WRITE_BATCH):

@@ -244,6 +244,7 @@ def scan_from_arrays(
         patches=optional("Y"),
         bad_pixels=optional("bad_pixels"),
         pixel_size_m=optional("pixel_size_m"),
+        background=optional("background"),
         source=source,
     )
     if units == "auto" and resolved == "amplitude":  # advice only for data that passed
@@ -328,6 +329,8 @@ def scan_to_arrays(scan: ScanData) -> dict[str, np.ndarray]:
         out["Y"] = scan.patches
     if scan.bad_pixels is not None:
         out["bad_pixels"] = scan.bad_pixels
+    if scan.background is not None:
+        out["background"] = scan.background
     if scan.pixel_size_m is not None:
         out["pixel_size_m"] = np.asarray(scan.pixel_size_m, dtype=np.float64)
     return out

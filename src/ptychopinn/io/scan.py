@@ -49,6 +49,9 @@ class ScanData:
     patches : (M, N, N) complex64 or None  (ground-truth object patches ``Y``)
     bad_pixels : (N, N) bool or None
     pixel_size_m : object pixel size in metres, when the geometry is known
+    background : (N, N) float32 or None: the detector background every pattern holds, in the
+        data's intensity units (counts, or amplitude squared); the likelihood adds it to the
+        model's intensity (a number is a constant background)
     """
 
     diffraction: Any
@@ -61,6 +64,7 @@ class ScanData:
     patches: np.ndarray | None = None
     bad_pixels: np.ndarray | None = None
     pixel_size_m: float | None = None
+    background: np.ndarray | None = None
     source: str = "<memory>"
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -152,6 +156,19 @@ class ScanData:
                     f"got {bad.dtype} {bad.shape}"
                 )
             object.__setattr__(self, "bad_pixels", bad.astype(bool))
+
+        if self.background is not None:
+            bg = np.asarray(self.background)
+            if bg.ndim == 0 or bg.size == 1:
+                bg = np.full((h, w), float(bg.reshape(())) if bg.dtype.kind in "uif" else np.nan)
+            if bg.shape != (h, w) or bg.dtype.kind not in "uif" or not np.all(np.isfinite(bg)):
+                raise DataError(
+                    f"{src}: background: expected a finite number or ({h}, {w}) array of "
+                    f"intensities, got {bg.dtype} {bg.shape}"
+                )
+            if bg.min() < 0:
+                raise DataError(f"{src}: background: expected >= 0, got minimum {bg.min():g}")
+            object.__setattr__(self, "background", bg.astype(np.float32))
 
         if self.pixel_size_m is not None:
             size = np.asarray(self.pixel_size_m)

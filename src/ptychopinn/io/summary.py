@@ -31,6 +31,9 @@ def probe_diameter_px(probe: np.ndarray, fraction: float = 0.9) -> float:
 
 #: A measured pattern centre further than this from the probe's (pixels) is reported.
 CENTRE_TOLERANCE_PX = 1.0
+#: The mean pattern's size over the probe far field's beyond this factor (or under its
+#: inverse) is reported.
+SIZE_TOLERANCE = 1.25
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class DiffractionGeometry:
     offset_px: tuple[float, float]
     n: int
     patterns_used: int
+    size_ratio: float = 1.0
 
     @property
     def corner(self) -> bool:
@@ -67,13 +71,20 @@ class DiffractionGeometry:
 
     def warnings(self) -> list[str]:
         dy, dx = self.offset_px
+        out = []
+        if not self.corner and not 1 / SIZE_TOLERANCE < self.size_ratio < SIZE_TOLERANCE:
+            out.append(
+                f"the mean pattern's central disk (50 % of its power) is {self.size_ratio:.2f} "
+                "times the size of the probe's far field: a probe from another energy, "
+                "detector distance or binning (or a strongly scattering object)"
+            )
         if not self.corner and np.hypot(dy, dx) > CENTRE_TOLERANCE_PX:
-            return [
+            out.append(
                 f"the mean pattern's centre lies {dy:+.2f}, {dx:+.2f} px (y, x) from the "
                 "probe's far field: a diffraction-centre offset (or a probe from another "
                 "setup); ptychopinn convert FILE FIXED.npz corrects it (a phase ramp on the probe)"
-            ]
-        return []
+            )
+        return out
 
 
 def diffraction_geometry(scan: ScanData, max_patterns: int = 1024) -> DiffractionGeometry:
@@ -92,7 +103,9 @@ def diffraction_geometry(scan: ScanData, max_patterns: int = 1024) -> Diffractio
         curvature = lo - 2 * mid + hi
         shift = p + (0.5 * (lo - hi) / curvature if curvature < 0 else 0.0)
         offset.append(float(shift - n if shift > n / 2 else shift))
-    return DiffractionGeometry((offset[0], offset[1]), n, len(sample))
+    # the radius holding half the power: the probe's far field against the measured patterns
+    ratio = probe_diameter_px(np.sqrt(mean)[None], 0.5) / max(probe_diameter_px(far, 0.5), 1e-9)
+    return DiffractionGeometry((offset[0], offset[1]), n, len(sample), ratio)
 
 
 def summarize(scan: ScanData, geometry: DiffractionGeometry | None = None) -> dict[str, Any]:
@@ -132,7 +145,12 @@ def summarize(scan: ScanData, geometry: DiffractionGeometry | None = None) -> di
         else "no",
         "ground_truth_patches_Y": "yes" if scan.patches is not None else "no",
         "bad_pixels": int(scan.bad_pixels.sum()) if scan.bad_pixels is not None else 0,
+        "background_per_pattern": "none"
+        if scan.background is None
+        else f"{float(scan.background.sum()):.6g} {unit} (modelled in every likelihood)",
         "diffraction_centre_offset_px": "{:+.2f}, {:+.2f} (y, x; against the probe's far field, "
         "{} patterns' mean)".format(*geometry.offset_px, geometry.patterns_used),
         "zero_frequency": "array corner (NOT fftshifted)" if geometry.corner else "array centre",
+        "far_field_size_ratio": f"{geometry.size_ratio:.2f} (mean pattern / probe far field, "
+        "50 % power radius)",
     }

@@ -345,6 +345,7 @@ def object_nll(
     scale: float,
     per_pattern: bool = False,
     mask: Tensor | None = None,
+    background: Tensor | None = None,
 ) -> Tensor:
     """Poisson negative log-likelihood per pattern of patterns measured on an object canvas.
 
@@ -358,16 +359,35 @@ def object_nll(
     probe : (P, N, N) complex
     measured_amplitude : (K, N, N)
     mask : (N, N) 0/1, the detector pixels that count (None: all)
+    background : (N, N) detector background in normalised intensity units (None: none)
     returns scalar (mean over the K patterns), or (K,) with ``per_pattern``
     """
-    predicted = object_amplitudes(obj, positions_px, probe, measured_amplitude.shape[-1])
+    n = measured_amplitude.shape[-1]
+    predicted = object_amplitudes(obj, positions_px, probe, n, background)
     return poisson_nll(predicted, measured_amplitude, scale, mask=mask, per_pattern=per_pattern)
 
 
-def object_amplitudes(obj: Tensor, positions_px: Tensor, probe: Tensor, n: int) -> Tensor:
-    """(K, N, N) predicted far-field amplitudes of the patches of ``obj`` at ``positions_px``."""
+def object_amplitudes(
+    obj: Tensor, positions_px: Tensor, probe: Tensor, n: int, background: Tensor | None = None
+) -> Tensor:
+    """(K, N, N) predicted far-field amplitudes of the patches of ``obj`` at ``positions_px``
+    (with ``background``, see :func:`with_background`)."""
     patches = extract_patches(obj[None], positions_px[None], n)[0]  # (K, N, N)
-    return far_field_amplitude(probe, patches)
+    return with_background(far_field_amplitude(probe, patches), background)
+
+
+def with_background(amplitude: Tensor, background: Tensor | None) -> Tensor:
+    """``sqrt(amplitude**2 + background)``: a detector background added to the model.
+
+    ``background`` (N, N) is in the units of ``amplitude**2`` (normalised units: counts
+    divided by the intensity scale squared); None adds nothing.
+
+    >>> float(with_background(torch.tensor([3.0]), torch.tensor([16.0]))[0])
+    5.0
+    """
+    if background is None:
+        return amplitude
+    return (amplitude.square() + background).sqrt()
 
 
 def r_factor(

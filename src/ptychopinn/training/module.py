@@ -17,7 +17,13 @@ from ptychopinn.models import build_network, migrate_state_dict, prediction_supp
 from ptychopinn.models.cnn import object_patches
 from ptychopinn.models.diagnostics import COLLAPSE_MIN_STEPS, COLLAPSE_THRESHOLD, output_variation
 from ptychopinn.physics.forward import ForwardModel
-from ptychopinn.physics.functional import amplitude_mae, normalize_probe, poisson_nll, r_factor
+from ptychopinn.physics.functional import (
+    amplitude_mae,
+    normalize_probe,
+    poisson_nll,
+    r_factor,
+    with_background,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ class PtychoPINNModule(L.LightningModule):
     probe : (P, N, N) complex raw probe (not a hyperparameter: lives in the state dict)
     good_pixels : (N, N) 0/1 detector mask of the likelihood (the data's ``bad_pixels`` are
         0); not saved: a module restored from a checkpoint counts every pixel
+    background : (N, N) detector background of the likelihood in normalised intensity units
+        (:func:`~ptychopinn.inference.background_tensor`); not saved, as ``good_pixels``
     """
 
     def __init__(
@@ -46,9 +54,10 @@ class PtychoPINNModule(L.LightningModule):
         n_probe_modes: int = 1,
         probe: Tensor | None = None,
         good_pixels: Tensor | None = None,
+        background: Tensor | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["probe", "good_pixels"])
+        self.save_hyperparameters(ignore=["probe", "good_pixels", "background"])
         self.cfg = Config.from_dict(migrate_saved_config(config))
         self.normalization = Normalization.from_dict(normalization)
         m = self.cfg.model
@@ -65,6 +74,8 @@ class PtychoPINNModule(L.LightningModule):
         self.physics = ForwardModel(initial, support, m.probe_mask, m.merge_weights, trainable)
         self.good_pixels: Tensor | None
         self.register_buffer("good_pixels", good_pixels, persistent=False)
+        self.background: Tensor | None
+        self.register_buffer("background", background, persistent=False)
         self._epoch_start = 0.0
         self._epoch_patterns = 0
 
@@ -97,7 +108,7 @@ class PtychoPINNModule(L.LightningModule):
                 support.sum() * patches.shape[0] * patches.shape[1]
             )
         else:
-            predicted = self.physics(patches, batch["offsets"])  # (B, C, N, N)
+            predicted = with_background(self.physics(patches, batch["offsets"]), self.background)
             if t.loss == "poisson":
                 loss = poisson_nll(
                     predicted, x, self.normalization.intensity_scale, mask=self.good_pixels
