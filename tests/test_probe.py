@@ -120,3 +120,23 @@ def test_a_modelled_background_recovers_what_an_ignored_one_spoils():
         quality[name] = _phase_ssim(rec, clean)
     assert quality["modelled"] > quality["ignored"] + 0.05, quality
     assert quality["modelled"] > 0.95, quality
+
+
+def test_incoherent_modes_are_refined_from_a_one_mode_estimate():
+    """A partially coherent beam (a second mode with 20 % of the power): refinement with the
+    first mode alone cannot explain the patterns; given a second mode to shape it can."""
+    from ptychopinn.data.samples import add_probe_modes
+
+    two = add_probe_modes(make_probe("disk", N), 2, power_fraction=0.25)
+    scan = simulate_scan(
+        n=N, n_positions=100, object_kind="grf", photons_per_pattern=1e6, seed=7, probe=two
+    )
+    norm = Normalization.from_scan(scan)
+    one = normalize_probe(torch.from_numpy(two[:1]))
+    quality = {}
+    for name, start in (("one", one), ("two", torch.from_numpy(add_probe_modes(one.numpy(), 2)))):
+        options = RefineOptions(n_iter=100, batch_size=16, probe_lr=0.1)
+        rec, probe, trace = refine(scan, normalize_probe(start), norm, None, options)
+        quality[name] = (_phase_ssim(rec, scan), trace.r_factor[-1])
+    assert quality["two"][1] < 0.8 * quality["one"][1], quality  # the data explained better
+    assert quality["two"][0] > quality["one"][0] + 0.02, quality

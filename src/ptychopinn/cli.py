@@ -204,6 +204,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--probe", default=None, metavar="FILE",
           help="NPZ whose probeGuess (or probe) replaces the input's, at the input detector's "
           "size or the output's")  # fmt: skip
+    _flag(p, "--probe_modes", type=POSITIVE_INT, default=None, metavar="K",
+          help="give the probe K incoherent modes (extra ones small, for infer --refine_probe "
+          "to shape)")  # fmt: skip
     _flag(p, "--positions", choices=["corner", "centre"], default="corner",
           help="tike/pty-chi layout: its scan positions are window corners or centres (corner)")  # fmt: skip
     _flag(p, "--background", type=NON_NEGATIVE, default=None, metavar="COUNTS",

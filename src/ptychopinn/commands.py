@@ -108,6 +108,7 @@ def run_convert(args: argparse.Namespace) -> int:
         pixel_size_m=args.pixel_size_m,
         units=args.diffraction_units,
         background=args.background,
+        probe_modes=args.probe_modes,
         flip_positions=args.flip_positions,
         swap_positions=args.swap_positions,
         layout=args.layout,

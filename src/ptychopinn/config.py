@@ -242,8 +242,14 @@ class TrainingConfig:
     scheduler: Scheduler = option("cosine", "learning-rate schedule, per optimiser step")
     probe_trainable: bool = option(
         False,
-        "learn the probe with the network through the likelihood (unsupervised), at the "
-        "network's learning rate; the learned probe goes into the bundle",
+        "learn the probe with the network through the likelihood (unsupervised); the learned "
+        "probe goes into the bundle",
+    )
+    probe_learning_rate: float = option(
+        0.01,
+        "Adam's learning rate for a trainable probe (same schedule as the network's)",
+        low=0.0,
+        low_open=True,
     )
     warmup_fraction: float = option(
         0.06,

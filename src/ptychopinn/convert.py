@@ -43,6 +43,8 @@ class ConvertOptions:
     photon_energy_eV, detector_distance_m, detector_pixel_m : the input detector's geometry
     pixel_size_m : the input patterns' object pixel size (instead of the geometry)
     units : diffraction units of the input (``auto``, ``counts``, ``amplitude``)
+    probe_modes : incoherent probe modes of the output (extra ones started as in
+        :func:`ptychopinn.data.samples.add_probe_modes`, for ``infer --refine_probe``)
     background : a constant detector background of the input, per pixel and pattern (counts)
     flip_positions : ``""``, ``x``, ``y`` or ``xy``: mirror the positions along those axes
         (about the scan's centre), for a stage whose axes run against the detector's
@@ -62,6 +64,7 @@ class ConvertOptions:
     pixel_size_m: float | None = None
     units: str = "auto"
     background: float | None = None
+    probe_modes: int | None = None
     flip_positions: str = ""
     swap_positions: bool = False
     layout: str = "ptychopinn"
@@ -157,6 +160,14 @@ def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
     out = prepare(
         scan, options.detector_crop, options.detector_bin, options.centre, options.correct_centre
     )
+    if options.probe_modes is not None and options.probe_modes != out.n_probe_modes:
+        from ptychopinn.data.samples import add_probe_modes
+
+        modes = add_probe_modes(out.probe, options.probe_modes)
+        logger.info(
+            "probe: %d incoherent modes (%d added)", len(modes), len(modes) - out.n_probe_modes
+        )
+        out = dataclasses.replace(out, probe=modes)
     known = out.metadata.get("geometry")
     if known and "detector_pixel_m" in known and options.detector_bin > 1:
         binned = {**known, "detector_pixel_m": known["detector_pixel_m"] * options.detector_bin}

@@ -207,6 +207,47 @@ def make_probe(
     return probe.astype(np.complex64)
 
 
+def add_probe_modes(probe: np.ndarray, modes: int, power_fraction: float = 0.05) -> np.ndarray:
+    """Incoherent modes added to a probe estimate, as a start for refining them.
+
+    Mode ``k`` starts as the first mode times a low-order polynomial in x and y (x, y, xy,
+    x^2 - y^2, ...), made orthogonal to the modes before it, with ``power_fraction`` of the
+    first mode's power; the total power is kept. Refinement (``infer --refine_probe``) then
+    shapes them: a partially coherent beam is a sum of such modes' intensities.
+
+    Shapes
+    ------
+    probe : (N, N) or (P, N, N) complex; returns (modes, N, N) complex64 (the first P kept)
+
+    >>> p = add_probe_modes(make_probe("gaussian", 32), 3)
+    >>> p.shape, round(float(np.sum(np.abs(p) ** 2)))
+    ((3, 32, 32), 256)
+    >>> abs(complex(np.vdot(p[0], p[1]))) < 1e-3
+    True
+    """
+    p = np.asarray(probe, dtype=np.complex128)
+    p = p[None] if p.ndim == 2 else p
+    if modes < p.shape[0]:
+        raise ConfigError(f"probe modes: the probe has {p.shape[0]}, asked for {modes}")
+    n = p.shape[-1]
+    total = float(np.sum(np.abs(p) ** 2))
+    first = p[0]
+    y, x = (np.mgrid[:n, :n] - n // 2) / (n / 4)
+    shapes = [x, y, x * y, x**2 - y**2, x**2 + y**2 - 1, x**3, y**3]
+    out = list(p)
+    for shape in shapes[: max(0, modes - len(out))]:
+        mode = first * shape
+        for other in out:  # Gram-Schmidt against the modes before
+            mode = mode - np.vdot(other, mode) / np.vdot(other, other) * other
+        out.append(mode * math.sqrt(power_fraction * np.sum(np.abs(first) ** 2))
+                   / max(math.sqrt(float(np.sum(np.abs(mode) ** 2))), 1e-30))  # fmt: skip
+    if len(out) < modes:
+        raise ConfigError(f"probe modes: at most {p.shape[0] + len(shapes)}, got {modes}")
+    stack = np.stack(out)
+    stack *= math.sqrt(total / float(np.sum(np.abs(stack) ** 2)))
+    return stack.astype(np.complex64)
+
+
 def make_scan_positions(
     kind: ScanKind,
     n_positions: int,

@@ -176,16 +176,26 @@ class PtychoPINNModule(L.LightningModule):
             done, next_done = max(done, elapsed), max(next_done, elapsed)
         if t.scheduler == "plateau" and done >= t.warmup_fraction:
             return  # ReduceLROnPlateau owns the rate after the warmup
-        rate = t.learning_rate * lr_factor(done, next_done, t.warmup_fraction, t.scheduler)
+        factor = lr_factor(done, next_done, t.warmup_fraction, t.scheduler)
         for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = rate
+            group["lr"] = group.get("base_lr", t.learning_rate) * factor
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.training
         # the fused kernel: one pass over all parameters (5-7 % faster steps at batch 2 on a CPU)
-        fused = self.device.type in ("cpu", "cuda")
+        # (not for a complex parameter: a trainable probe takes the unfused path)
+        fused = self.device.type in ("cpu", "cuda") and not any(
+            p.is_complex() for p in self.parameters()
+        )
+        probe = [p for name, p in self.named_parameters() if name == "physics.probe"]
+        others = [p for name, p in self.named_parameters() if name != "physics.probe"]
+        groups = [{"params": others, "base_lr": t.learning_rate}]
+        if probe:  # a trainable probe steps at its own rate
+            groups.append(
+                {"params": probe, "lr": t.probe_learning_rate, "base_lr": t.probe_learning_rate}
+            )
         optimizer = torch.optim.Adam(
-            self.parameters(), lr=t.learning_rate, betas=(0.9, t.adam_beta2), fused=fused
+            groups, lr=t.learning_rate, betas=(0.9, t.adam_beta2), fused=fused
         )
         if t.scheduler != "plateau":  # the rate is set per step (on_train_batch_start)
             return optimizer
