@@ -140,3 +140,23 @@ def test_incoherent_modes_are_refined_from_a_one_mode_estimate():
         quality[name] = (_phase_ssim(rec, scan), trace.r_factor[-1])
     assert quality["two"][1] < 0.8 * quality["one"][1], quality  # the data explained better
     assert quality["two"][0] > quality["one"][0] + 0.02, quality
+
+
+def test_the_data_fit_tells_a_wrong_probe_from_the_noise(scan, caplog):
+    """The R-factor of a reconstruction made with a probe of another defocus lies well above
+    what the photon noise allows; with the true probe it sits near that floor."""
+    import logging
+
+    from ptychopinn.fit import data_fit, report
+
+    norm = Normalization.from_scan(scan)
+    truth = normalize_probe(torch.from_numpy(scan.probe))
+    fits = {}
+    for name, probe in (("truth", truth), ("estimate", defocused(1.5))):
+        rec, _, _ = refine(scan, probe, norm, None, RefineOptions(n_iter=60, batch_size=16))
+        fits[name] = data_fit(scan, rec, probe, norm)
+    assert not fits["truth"].poor, fits
+    assert fits["estimate"].poor and fits["estimate"].ratio > 2 * fits["truth"].ratio, fits
+    with caplog.at_level(logging.WARNING):
+        report(fits["estimate"], {"--refine_positions"})
+    assert "try --refine_probe" in caplog.text and "or --refine_positions" not in caplog.text

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", "reconstruct a scan with a trained model", add_infer_arguments),
         ("evaluate", "compare a reconstruction with a reference object", add_evaluate_arguments),
         (
+            "live",
+            "reconstruct scan files as they appear in a directory, shown on a web page",
+            add_live_arguments,
+        ),
+        (
             "demo",
             "simulate, train, reconstruct, score: the whole job (minutes)",
             add_demo_arguments,
@@ -301,6 +306,30 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
 
 
+def add_live_arguments(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--model_path", required=True, help="run directory or wts.h5.zip")
+    _flag(p, "--watch", required=True, metavar="DIR",
+          help="directory the acquisition writes scan files into (each renamed into place "
+          "whole); a file named END ends the scan")  # fmt: skip
+    _flag(p, "--output_dir", required=True, help="where infer's outputs go when the scan ends")
+    p.add_argument("--port", type=int, default=8765, help="web page port (8765; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (127.0.0.1: this machine only)")  # fmt: skip
+    _flag(p, "--expect", type=POSITIVE_INT, default=None, metavar="PATTERNS",
+          help="the scan ends after this many patterns")  # fmt: skip
+    _flag(p, "--refine", type=_refine_passes, default="auto", metavar="auto|PASSES",
+          help="refinement of the final reconstruction, as in infer (auto)")  # fmt: skip
+    _flag(p, "--no_live_refinement", action="store_true",
+          help="no refinement passes between files (the page shows the network alone)")  # fmt: skip
+    _flag(p, "--poll_s", type=POSITIVE, default=0.2, help="seconds between directory checks")
+    _flag(p, "--linger_s", type=NON_NEGATIVE, default=5.0,
+          help="seconds the page stays up after the outputs are written (5)")  # fmt: skip
+    _flag(p, "--accelerator", choices=ACCELERATORS, default="auto",
+          help="compute device (auto: a GPU when present)")  # fmt: skip
+    _units(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--reconstruction", required=True,
           help="reconstruction.npz (or an NPZ with objectGuess)")  # fmt: skip
@@ -401,6 +430,18 @@ def _run(args: argparse.Namespace) -> int:
         from ptychopinn import commands
 
         _resolve_aliases(args)
+        if args.command == "live":  # its final reconstruction takes infer's options
+            args.infer_args = build_parser().parse_args(
+                [
+                    "infer",
+                    "--model_path",
+                    args.model_path,
+                    "--output_dir",
+                    args.output_dir,
+                    "--refine",
+                    str(args.refine),
+                ]  # fmt: skip
+            )
         return int(getattr(commands, f"run_{args.command}")(args) or 0)
     except PtychoPINNError as exc:
         if args.debug:

@@ -171,13 +171,7 @@ INFER_OUTPUTS = (
 
 def run_infer(args: argparse.Namespace) -> int:
     from ptychopinn.device import inference_precision, torch_device
-    from ptychopinn.workflows import (
-        load_bundle,
-        read_scan,
-        reconstruct,
-        refine_options,
-        refine_reconstruction,
-    )
+    from ptychopinn.workflows import load_bundle, read_scan
 
     out = Path(args.output_dir)
     export = _export_target(args)
@@ -187,36 +181,106 @@ def run_infer(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.model_path, map_location=device)
         bundle.check_compatible(N=args.N, gridsize=args.gridsize, source=str(args.model_path))
         scan = read_scan(args.data, args.diffraction_units)
-        network = reconstruct(
-            bundle,
-            scan,
-            refine=0,
-            n_groups=args.n_groups,
-            batch_size=args.batch_size,
-            device=device,
-            weights=args.stitch_weights,
-            synchronize=args.phase_sync,
-            precision=precision,
-            max_memory_gb=args.max_memory_gb,
-        )
-        final = network
-        if args.refine != 0:
-            start = None if args.refine_from == "flat" else network
-            options = refine_options(
-                bundle, start, args.refine, args.refine_probe, args.max_memory_gb,
-                args.refine_positions,
-            )  # fmt: skip
-            final = refine_reconstruction(
-                bundle, scan, start, args.refine, args.refine_probe, device, options
-            )
-        if args.pixel_size_m is not None:
-            final = final.replace(pixel_size_m=args.pixel_size_m)
-            network = network.replace(pixel_size_m=args.pixel_size_m)
-        _write_reconstructions(work, scan, final, network if final is not network else None)
+        final = infer_into(work, bundle, scan, args, device, precision)
         if export is not None:
             _export_scan(export, scan, final)
     logger.info("wrote %s", out)
     return 0
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from ptychopinn.device import inference_precision, torch_device
+    from ptychopinn.live import LiveState, Watcher, concatenate, run_live, serve
+    from ptychopinn.workflows import load_bundle, read_scan
+
+    out = Path(args.output_dir)
+    watcher = Watcher(Path(args.watch))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s: anyone who can reach this machine sees the page", args.host)
+    infer_args = args.infer_args  # infer's options as infer takes them (set by the CLI)
+    with output_set(out, INFER_OUTPUTS, args.overwrite) as work:
+        device = torch_device(args.accelerator)
+        precision = inference_precision("auto", device)
+        bundle = load_bundle(args.model_path, map_location=device)
+        state = LiveState(output_dir=str(out))
+        try:
+            server = serve(state, args.host, args.port)
+        except OSError as exc:
+            raise ConfigError(f"--port {args.port}: cannot serve on {args.host} ({exc})") from exc
+        host, port = server.server_address[:2]
+        logger.info("live view at http://%s:%d/ ; watching %s", host, port, args.watch)
+        try:
+            batch = 32 if device.type == "cpu" else 256
+            scans = run_live(
+                bundle, watcher, state, lambda p: read_scan(p, args.diffraction_units),
+                device, precision, batch, args.expect, args.poll_s, not args.no_live_refinement,
+            )  # fmt: skip
+            if not scans:
+                raise DataError(f"{args.watch}: the scan ended before any pattern arrived")
+            infer_into(work, bundle, concatenate(scans), infer_args, device, precision)
+        except BaseException:
+            server.shutdown()
+            raise
+    logger.info("wrote %s", out)
+    with state.lock:
+        state.done = True
+    time.sleep(args.linger_s)  # the page shows "done" and where the outputs went
+    server.shutdown()
+    return 0
+
+
+def infer_into(
+    work: Path, bundle: Any, scan: Any, args: argparse.Namespace, device: Any, precision: Any
+) -> Any:
+    """``infer``'s reconstruction of ``scan`` with the options in ``args``, written to ``work``
+    (also what ``live`` writes when its scan ends); returns the final reconstruction."""
+    from ptychopinn.workflows import reconstruct, refine_options, refine_reconstruction
+
+    network = reconstruct(
+        bundle,
+        scan,
+        refine=0,
+        n_groups=args.n_groups,
+        batch_size=args.batch_size,
+        device=device,
+        weights=args.stitch_weights,
+        synchronize=args.phase_sync,
+        precision=precision,
+        max_memory_gb=args.max_memory_gb,
+    )
+    final = network
+    if args.refine != 0:
+        start = None if args.refine_from == "flat" else network
+        options = refine_options(
+            bundle, start, args.refine, args.refine_probe, args.max_memory_gb,
+            args.refine_positions,
+        )  # fmt: skip
+        final = refine_reconstruction(
+            bundle, scan, start, args.refine, args.refine_probe, device, options
+        )
+    final = _with_data_fit(bundle, scan, final, device, args)
+    if args.pixel_size_m is not None:
+        final = final.replace(pixel_size_m=args.pixel_size_m)
+        network = network.replace(pixel_size_m=args.pixel_size_m)
+    _write_reconstructions(work, scan, final, network if final is not network else None)
+    return final
+
+
+def _with_data_fit(bundle: Any, scan: Any, rec: Any, device: Any, args: Any) -> Any:
+    """The reconstruction with its data fit in the metadata (logged; a poor one with advice)."""
+    import torch
+
+    from ptychopinn.fit import data_fit, report
+
+    probe = bundle.probe if rec.probe is None else torch.from_numpy(rec.probe)
+    fit = data_fit(scan, rec, probe, bundle.normalization.for_scan(scan), device)
+    used = {flag for flag, on in (("--refine_probe", args.refine_probe),
+                                  ("--refine_positions", args.refine_positions)) if on}  # fmt: skip
+    report(fit, used)
+    if fit is None:
+        return rec
+    values = {"r_factor": fit.r_factor, "noise_floor": fit.noise_floor, "patterns": fit.patterns}
+    return rec.replace(metadata={**rec.metadata, "data_fit": values})
 
 
 def _export_target(args: argparse.Namespace) -> tuple[Path, str] | None:

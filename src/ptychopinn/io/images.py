@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,21 @@ def save_image(
     unit: str = "",
     pixel_size_m: float | None = None,
 ) -> None:
-    """Write ``image`` as a PNG, one pixel per object pixel, with a colour bar (atomic).
+    """Write :func:`render_png` of ``image`` to ``path`` (atomic)."""
+    data = render_png(image, cmap, mask, unit, pixel_size_m, title=path.stem.replace("_", " "))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def render_png(
+    image: np.ndarray,
+    cmap: str,
+    mask: np.ndarray | None = None,
+    unit: str = "",
+    pixel_size_m: float | None = None,
+    title: str = "",
+) -> bytes:
+    """``image`` as PNG bytes, one pixel per object pixel, with a colour bar.
 
     The display range is the 0.5 to 99.5 percentile of the pixels in ``mask`` (pass the
     well-lit ones: a barely lit border would set the range and leave the object dark). The
@@ -59,7 +74,7 @@ def save_image(
         if pixel_size_m is not None and pixel_size_m > 0:
             _draw_scale_bar(canvas, font, w, h, pixel_size_m)
     info = PngImagePlugin.PngInfo()
-    info.add_text("Title", path.stem.replace("_", " "))
+    info.add_text("Title", title)
     suffix = f" {unit}" if unit else ""
     info.add_text(
         "Comment",
@@ -67,8 +82,9 @@ def save_image(
         "(colour bar on the right, top = max)"
         + (f", pixel size {pixel_size_m:.4g} m" if pixel_size_m else ""),
     )
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG", pnginfo=info)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def _label(value: float, unit: str, span: float) -> str:

@@ -157,6 +157,11 @@ class ScanData:
                 )
             object.__setattr__(self, "bad_pixels", bad.astype(bool))
 
+        self._check_detector_extras(h, w)
+
+    def _check_detector_extras(self, h: int, w: int) -> None:
+        """The optional background and object pixel size, normalised in place."""
+        src = self.source
         if self.background is not None:
             bg = np.asarray(self.background)
             if bg.ndim == 0 or bg.size == 1:

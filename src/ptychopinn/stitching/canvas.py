@@ -122,6 +122,18 @@ class Stitcher:
         self._denominator[:, r0:r1, c0:c1] += scatter_patches(ones, local, shape)
         self._n_added += int(patches.shape[0])
 
+    def grown(self, geometry: CanvasGeometry) -> Stitcher:
+        """A stitcher on ``geometry`` (which must contain this canvas) holding these sums."""
+        (r0, c0), (h, w) = self.geometry.origin_px, self.geometry.shape
+        dy, dx = r0 - geometry.origin_px[0], c0 - geometry.origin_px[1]
+        if dy < 0 or dx < 0 or dy + h > geometry.shape[0] or dx + w > geometry.shape[1]:
+            raise ValueError(f"{geometry} does not contain {self.geometry}")
+        new = Stitcher(geometry, self.weights, device=self._numerator.device)
+        new._numerator[:, dy : dy + h, dx : dx + w] = self._numerator
+        new._denominator[:, dy : dy + h, dx : dx + w] = self._denominator
+        new._n_added, new._held = self._n_added, self._held
+        return new
+
     def add_synchronized(
         self,
         patches: Tensor,
