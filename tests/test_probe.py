@@ -160,3 +160,28 @@ def test_the_data_fit_tells_a_wrong_probe_from_the_noise(scan, caplog):
     with caplog.at_level(logging.WARNING):
         report(fits["estimate"], {"--refine_positions"})
     assert "try --refine_probe" in caplog.text and "or --refine_positions" not in caplog.text
+
+
+def test_auto_refinement_corrects_the_probe_when_the_data_fit_is_poor(scan, tiny_bundle):
+    """The plain ``auto`` refinement with a probe of another defocus explains the patterns
+    far worse than their noise allows: it then refines the probe too (from a flat object
+    here; from a network's object, as ``infer`` starts, it reaches the true probe's quality:
+    docs/physics.md); with the true probe nothing more runs."""
+    import dataclasses
+
+    from ptychopinn.workflows import corrected_if_poor, refine_reconstruction
+
+    results, before = {}, {}
+    for name, probe in (("truth", normalize_probe(torch.from_numpy(scan.probe))),
+                        ("estimate", defocused(1.5))):  # fmt: skip
+        bundle = dataclasses.replace(
+            tiny_bundle, probe=probe, normalization=Normalization.from_scan(scan)
+        )
+        before[name] = refine_reconstruction(bundle, scan, None, "auto")  # from a flat object
+        results[name] = corrected_if_poor(bundle, scan, None, before[name])
+    assert "corrections" not in results["truth"].metadata
+    corrections = results["estimate"].metadata["corrections"]
+    assert corrections["kept"] and corrections["probe"], corrections
+    assert corrections["r_factor_after"] < 0.5 * corrections["r_factor_before"], corrections
+    q_before, q_after = (_phase_ssim(r["estimate"], scan) for r in (before, results))
+    assert q_after > q_before + 0.15, (q_before, q_after)

@@ -234,7 +234,12 @@ def infer_into(
 ) -> Any:
     """``infer``'s reconstruction of ``scan`` with the options in ``args``, written to ``work``
     (also what ``live`` writes when its scan ends); returns the final reconstruction."""
-    from ptychopinn.workflows import reconstruct, refine_options, refine_reconstruction
+    from ptychopinn.workflows import (
+        corrected_if_poor,
+        reconstruct,
+        refine_options,
+        refine_reconstruction,
+    )
 
     network = reconstruct(
         bundle,
@@ -258,6 +263,8 @@ def infer_into(
         final = refine_reconstruction(
             bundle, scan, start, args.refine, args.refine_probe, device, options
         )
+        if args.refine == "auto" and not args.refine_probe and not args.refine_positions:
+            final = corrected_if_poor(bundle, scan, start, final, device, args.max_memory_gb)
     final = _with_data_fit(bundle, scan, final, device, args)
     if args.pixel_size_m is not None:
         final = final.replace(pixel_size_m=args.pixel_size_m)

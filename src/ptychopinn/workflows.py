@@ -367,7 +367,55 @@ def reconstruct(
     start = None if refine_from == "flat" else network
     budget = network_options.get("max_memory_gb")
     options = refine_options(bundle, start, refine, refine_probe, budget, refine_positions)
-    return refine_reconstruction(bundle, scan, start, refine, refine_probe, device, options)
+    rec = refine_reconstruction(bundle, scan, start, refine, refine_probe, device, options)
+    if refine == "auto" and not refine_probe and not refine_positions:
+        rec = corrected_if_poor(bundle, scan, start, rec, device, budget)
+    return rec
+
+
+def corrected_if_poor(
+    bundle: Bundle,
+    scan: ScanData,
+    start: Reconstruction | None,
+    rec: Reconstruction,
+    device: torch.device | str = "cpu",
+    max_memory_gb: float | None = None,
+) -> Reconstruction:
+    """``rec``, or, where it explains the patterns worse than their noise allows (a probe
+    from another defocus, positions off by a pixel: :mod:`ptychopinn.fit`), the ``auto``
+    refinement from ``start`` with the probe and the positions corrected too, if that
+    explains them better (the probe alone first). What happened goes into the metadata
+    (``corrections``)."""
+    from ptychopinn.fit import data_fit
+
+    normalization = bundle.normalization.for_scan(scan)
+    probe = bundle.probe if rec.probe is None else torch.from_numpy(rec.probe)
+    fit = data_fit(scan, rec, probe, normalization, device)
+    if fit is None or not fit.poor:
+        return rec
+    record: dict[str, Any] = {"r_factor_before": fit.r_factor, "noise_floor": fit.noise_floor}
+    best, best_r = rec, fit.r_factor
+    # the probe first (positions that are right lose a little when they are set free), then
+    # the probe and the positions, until the patterns are explained as their noise allows
+    for positions in (None, "free"):
+        what = "the probe" + (" and the positions" if positions else "")
+        logger.info(
+            "data fit %.4f is %.1f times its noise floor %.4f: refining %s as well",
+            best_r, best_r / max(fit.noise_floor, 1e-12), fit.noise_floor, what,
+        )  # fmt: skip
+        options = refine_options(bundle, start, "auto", True, max_memory_gb, positions)
+        candidate = refine_reconstruction(bundle, scan, start, "auto", True, device, options)
+        assert candidate.probe is not None
+        new = data_fit(scan, candidate, torch.from_numpy(candidate.probe), normalization, device)
+        if new is not None and new.r_factor < best_r:
+            best, best_r = candidate, new.r_factor
+            record.update(r_factor_after=new.r_factor, probe=True, positions=positions)
+            if not new.poor:
+                break
+    if best is rec:
+        logger.info("the corrections did not explain the patterns better: kept without them")
+    record["kept"] = best is not rec
+    return best.replace(metadata={**best.metadata, "corrections": record})
 
 
 def refine_reconstruction(
