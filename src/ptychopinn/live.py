@@ -320,6 +320,7 @@ def run_live(
     try:
         while True:
             files = watcher.new_files()
+            written = time.time()
             for path in files:
                 t0 = time.perf_counter()
                 try:
@@ -331,21 +332,28 @@ def run_live(
                         state.bad_files.append(f"{path.name}: {exc}")
                     continue
                 scans.append(scan)
-                positions = np.concatenate([s.positions_px for s in scans])
-                rec = canvas.reconstruction(positions)
-                assert rec is not None
-                state.publish(rec.replace(pixel_size_m=scan.pixel_size_m))
                 busy_s += time.perf_counter() - t0
-                latency = time.time() - path.stat().st_mtime
+                written = path.stat().st_mtime
+                latency = time.time() - written
                 with state.lock:
                     state.patterns += scan.n_patterns
                     state.files += 1
                     state.latency_s = latency
                     state.patterns_per_s = state.patterns / max(busy_s, 1e-9)
                 logger.info(
-                    "%s: %d patterns (%d so far), %.3f s from file to canvas",
+                    "%s: %d patterns (%d so far), %.3f s from file to canvas (before drawing)",
                     path.name, scan.n_patterns, state.patterns, latency,
                 )  # fmt: skip
+            if files and scans:  # the page's images: once per batch of files
+                t0 = time.perf_counter()
+                positions = np.concatenate([s.positions_px for s in scans])
+                rec = canvas.reconstruction(positions)
+                assert rec is not None
+                state.publish(rec.replace(pixel_size_m=scans[-1].pixel_size_m))
+                busy_s += time.perf_counter() - t0
+                with state.lock:  # to the image on the page
+                    state.latency_s = time.time() - written
+                    state.patterns_per_s = state.patterns / max(busy_s, 1e-9)
             total = sum(s.n_patterns for s in scans)
             if watcher.ended() or (expect is not None and total >= expect):
                 return scans
