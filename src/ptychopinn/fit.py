@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: R-factor over its noise floor above which the fit is reported as poor.
 POOR_FIT_RATIO = 2.0
+#: ... and at or below which a correction has done its work (exact inputs: about 1.0).
+GOOD_FIT_RATIO = 1.2
 
 
 @dataclass(frozen=True)

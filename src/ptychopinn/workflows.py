@@ -386,7 +386,7 @@ def corrected_if_poor(
     refinement from ``start`` with the probe and the positions corrected too, if that
     explains them better (the probe alone first). What happened goes into the metadata
     (``corrections``)."""
-    from ptychopinn.fit import data_fit
+    from ptychopinn.fit import GOOD_FIT_RATIO, data_fit
 
     normalization = bundle.normalization.for_scan(scan)
     probe = bundle.probe if rec.probe is None else torch.from_numpy(rec.probe)
@@ -396,7 +396,7 @@ def corrected_if_poor(
     record: dict[str, Any] = {"r_factor_before": fit.r_factor, "noise_floor": fit.noise_floor}
     best, best_r = rec, fit.r_factor
     # the probe first (positions that are right lose a little when they are set free), then
-    # the probe and the positions, until the patterns are explained as their noise allows
+    # the probe and the positions, until the fit is within 1.2 times its floor
     for positions in (None, "free"):
         what = "the probe" + (" and the positions" if positions else "")
         logger.info(
@@ -410,7 +410,7 @@ def corrected_if_poor(
         if new is not None and new.r_factor < best_r:
             best, best_r = candidate, new.r_factor
             record.update(r_factor_after=new.r_factor, probe=True, positions=positions)
-            if not new.poor:
+            if new.ratio <= GOOD_FIT_RATIO:
                 break
     if best is rec:
         logger.info("the corrections did not explain the patterns better: kept without them")
