@@ -269,7 +269,8 @@ def infer_into(
     if args.pixel_size_m is not None:
         final = final.replace(pixel_size_m=args.pixel_size_m)
         network = network.replace(pixel_size_m=args.pixel_size_m)
-    _write_reconstructions(work, scan, final, network if final is not network else None)
+    # the network alone is written beside the final result whenever refinement ran
+    _write_reconstructions(work, scan, final, network if args.refine != 0 else None)
     return final
 
 
