@@ -161,7 +161,7 @@ def test_discarding_the_starts_large_scale_phase_speeds_refinement_up(scan):
     same passes when that phase is discarded first (the default) than when it is kept."""
     from scipy.ndimage import gaussian_filter
 
-    from ptychopinn.refinement import without_large_scale_phase
+    from ptychopinn.start import without_large_scale_phase
 
     def error(shape):
         e = gaussian_filter(np.random.default_rng(1).standard_normal(shape), 12.0)

@@ -21,20 +21,26 @@ SCAN_SUFFIXES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5"}
 
 
 # -- simulate ------------------------------------------------------------------------------
+def _probe_file(path: str, keys: tuple[str, ...]) -> np.ndarray:
+    """The probe an NPZ holds under the first of ``keys`` it has."""
+    from ptychopinn.io.npz import load_npz_arrays
+
+    arrays = load_npz_arrays(path)
+    key = next((k for k in keys if k in arrays), None)
+    if key is None:
+        raise DataError(
+            f"{path}: missing key {' or '.join(map(repr, keys))}; found {sorted(arrays)}"
+        )
+    return np.asarray(arrays[key])
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from ptychopinn.data.simulate import simulate_scan, write_simulated_scan_h5
     from ptychopinn.io.npz import write_scan_npz
 
     out = Path(args.output)
     kind = check_output_file(out, SCAN_SUFFIXES, args.overwrite)
-    probe = None
-    if args.probe_file:
-        from ptychopinn.io.npz import load_npz_arrays
-
-        arrays = load_npz_arrays(args.probe_file)
-        if "probeGuess" not in arrays:
-            raise DataError(f"{args.probe_file}: missing key 'probeGuess'; found {sorted(arrays)}")
-        probe = np.asarray(arrays["probeGuess"])
+    probe = _probe_file(args.probe_file, ("probeGuess",)) if args.probe_file else None
     start = time.perf_counter()
     options: dict[str, Any] = {
         "n": args.N,
@@ -87,13 +93,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     probe = None
     if args.probe:
-        from ptychopinn.io.npz import load_npz_arrays
-
-        arrays = load_npz_arrays(args.probe)
-        key = next((k for k in ("probeGuess", "probe") if k in arrays), None)
-        if key is None:
-            raise DataError(f"{args.probe}: no probeGuess or probe; found {sorted(arrays)}")
-        probe = np.asarray(arrays[key])
+        probe = _probe_file(args.probe, ("probeGuess", "probe"))
         probe = probe.reshape(-1, *probe.shape[-2:]) if probe.ndim > 2 else probe[None]
     options = ConvertOptions(
         detector_crop=args.detector_crop,
@@ -190,6 +190,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     from ptychopinn.device import inference_precision, torch_device
+    from ptychopinn.inference import DEFAULT_BATCH
     from ptychopinn.live import LiveState, Watcher, concatenate, run_live, serve
     from ptychopinn.workflows import load_bundle, read_scan
 
@@ -210,7 +211,7 @@ def run_live(args: argparse.Namespace) -> int:
         host, port = server.server_address[:2]
         logger.info("live view at http://%s:%d/ ; watching %s", host, port, args.watch)
         try:
-            batch = 32 if device.type == "cpu" else 256
+            batch = DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cuda"])
             scans = run_live(
                 bundle, watcher, state, lambda p: read_scan(p, args.diffraction_units),
                 device, precision, batch, args.expect, args.poll_s, not args.no_live_refinement,

@@ -22,6 +22,7 @@ import numpy as np
 from ptychopinn.errors import ConfigError, DataError
 from ptychopinn.io.detector import LazyPatterns, prepare, upsample_probe
 from ptychopinn.io.scan import ScanData
+from ptychopinn.io.tike import fftshifted
 from ptychopinn.io.units import object_pixel_size_m
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,6 @@ def _with_probe(scan: ScanData, probe: np.ndarray | None, options: ConvertOption
     return dataclasses.replace(scan, probe=_probe_on_detector(probe, scan.N, options))
 
 
-def _fftshifted(patterns: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(patterns, axes=(-2, -1))
-
-
 def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
     """Geometry attached, FFT order undone, detector cropped/binned, centre corrected."""
     from ptychopinn.io.summary import diffraction_geometry
@@ -153,9 +150,9 @@ def prepare_scan(scan: ScanData, options: ConvertOptions) -> ScanData:
         scan = dataclasses.replace(scan, background=np.asarray(options.background))
     if diffraction_geometry(scan).corner:
         logger.info("%s: zero frequency in the array corner: patterns fftshifted", scan.source)
-        shifted = LazyPatterns(scan.diffraction, _fftshifted, scan.N, scan.diffraction.dtype)
-        bad = None if scan.bad_pixels is None else _fftshifted(scan.bad_pixels)
-        bg = None if scan.background is None else _fftshifted(scan.background)
+        shifted = LazyPatterns(scan.diffraction, fftshifted, scan.N, scan.diffraction.dtype)
+        bad = None if scan.bad_pixels is None else fftshifted(scan.bad_pixels)
+        bg = None if scan.background is None else fftshifted(scan.background)
         scan = dataclasses.replace(scan, diffraction=shifted, bad_pixels=bad, background=bg)
     out = prepare(
         scan, options.detector_crop, options.detector_bin, options.centre, options.correct_centre

@@ -20,7 +20,7 @@ from ptychopinn.inference import background_tensor, measured_on_canvas
 from ptychopinn.io.scan import ScanData
 from ptychopinn.physics.functional import object_amplitudes
 from ptychopinn.reconstruction import Reconstruction
-from ptychopinn.refinement import smooth_fill
+from ptychopinn.start import smooth_fill
 from ptychopinn.stitching import CanvasGeometry
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from ptychopinn.refinement import (
     _problem,
     _Refiner,
     _result,
-    smooth_fill,
 )
+from ptychopinn.start import smooth_fill
 
 logger = logging.getLogger(__name__)
 

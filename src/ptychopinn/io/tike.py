@@ -38,7 +38,8 @@ def is_tike_layout(keys: Any) -> bool:
     return {"data", "scan", "probe"} <= keys and not keys & {"diffraction", "diff3d"}
 
 
-def _fftshifted(patterns: np.ndarray) -> np.ndarray:
+def fftshifted(patterns: np.ndarray) -> np.ndarray:
+    """Patterns (..., N, N) in FFT order -> zero frequency at N // 2 (and back for even N)."""
     return np.fft.fftshift(patterns, axes=(-2, -1))
 
 
@@ -81,7 +82,7 @@ def scan_from_tike(
 
     if diffraction_geometry(scan).corner:
         logger.info("%s: data hold the zero frequency in the array corner: fftshifted", source)
-        shifted = LazyPatterns(data, _fftshifted, n, data.dtype)
+        shifted = LazyPatterns(data, fftshifted, n, data.dtype)
         meta = {"tike": {**scan.metadata["tike"], "zero_frequency": "corner (fftshifted)"}}
         return dataclasses.replace(scan, diffraction=shifted, metadata=meta)
     return scan
