@@ -95,6 +95,19 @@ def _refine_passes(text: str) -> str | int:
     return value
 
 
+def _adapt_seconds(text: str) -> str | float:
+    """``auto`` or seconds >= 0."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected auto or seconds >= 0, got {text!r}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -161,8 +174,9 @@ def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
                    help="pattern size in pixels (64)")  # fmt: skip
     _flag(p, "--n_positions", type=POSITIVE_INT, default=None, help="scan positions (512)")
     _hidden(p, "deprecated_n_images", "--n_images", type=POSITIVE_INT)
-    p.add_argument("--object", choices=["lines", "grf", "image"], default="grf",
-                   help="random lines, Gaussian random field, natural image (grf)")  # fmt: skip
+    p.add_argument("--object", choices=["lines", "grf", "image", "shapes", "texture", "star"],
+                   default="grf", help="random lines, Gaussian random field, natural image, "
+                   "random shapes, power-law texture, Siemens star (grf)")  # fmt: skip
     p.add_argument("--probe", choices=["disk", "gaussian"], default="disk",
                    help="defocused disk (Fresnel-zone-like) or Gaussian (disk)")  # fmt: skip
     _flag(p, "--probe_file", default=None, help="NPZ whose probeGuess is used as the probe")
@@ -268,6 +282,10 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
           help="likelihood refinement of the network's object: auto (until held-out patterns "
           "stop improving; never worse than the network alone), 0 (the network alone) or "
           "exactly PASSES passes (auto)")  # fmt: skip
+    _flag(p, "--adapt", type=_adapt_seconds, default="auto", metavar="auto|S",
+          help="fine-tune the model on this scan through the likelihood before it predicts: "
+          "S seconds, 0 never, or auto (250 steps, about 10 s on 2 CPU cores, when the network "
+          "explains the scan much worse than its training data: a new kind of sample) (auto)")  # fmt: skip
     _flag(p, "--refine_probe", action="store_true", help="refine the probe as well")
     _flag(p, "--refine_positions", nargs="?", const="free", default=None,
           choices=["free", "affine"], metavar="free|affine",

@@ -235,25 +235,20 @@ def infer_into(
 ) -> Any:
     """``infer``'s reconstruction of ``scan`` with the options in ``args``, written to ``work``
     (also what ``live`` writes when its scan ends); returns the final reconstruction."""
+    from ptychopinn.transfer import warn_if_outside
     from ptychopinn.workflows import (
+        adapted_network,
         corrected_if_poor,
-        reconstruct,
         refine_options,
         refine_reconstruction,
     )
 
-    network = reconstruct(
-        bundle,
-        scan,
-        refine=0,
-        n_groups=args.n_groups,
-        batch_size=args.batch_size,
-        device=device,
-        weights=args.stitch_weights,
-        synchronize=args.phase_sync,
-        precision=precision,
-        max_memory_gb=args.max_memory_gb,
-    )
+    warn_if_outside(bundle, scan)
+    bundle, network, adapted = adapted_network(
+        bundle, scan, getattr(args, "adapt", 0), args.refine, device,
+        n_groups=args.n_groups, batch_size=args.batch_size, weights=args.stitch_weights,
+        synchronize=args.phase_sync, precision=precision, max_memory_gb=args.max_memory_gb,
+    )  # fmt: skip
     final = network
     if args.refine != 0:
         start = None if args.refine_from == "flat" else network
@@ -267,6 +262,8 @@ def infer_into(
         if args.refine == "auto" and not args.refine_probe and not args.refine_positions:
             final = corrected_if_poor(bundle, scan, start, final, device, args.max_memory_gb)
     final = _with_data_fit(bundle, scan, final, device, args)
+    if adapted is not None:
+        final = final.replace(metadata={**final.metadata, "adapt": adapted})
     if args.pixel_size_m is not None:
         final = final.replace(pixel_size_m=args.pixel_size_m)
         network = network.replace(pixel_size_m=args.pixel_size_m)

@@ -274,6 +274,14 @@ class TrainingConfig:
         low=1,
         aliases=("n_images",),
     )
+    synthetic_objects: int = option(
+        0,
+        "train on the scan plus this many scans simulated with its probe, positions and dose "
+        "over random objects of diverse kinds (shapes, textures, lines, fields; phase-only to "
+        "strongly absorbing), so the model transfers to new samples",
+        low=0,
+        high=10_000,
+    )
     seed: int = option(0, "random seed", low=0, high=2**32 - 1)
     val_fraction: float = option(
         0.05, "share of the groups held out for validation without --val_data", low=0, high=0.5

@@ -368,4 +368,4 @@ def write_comparison_figure(
     ax.legend(fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    logger.info("wrote %s", path)
+    logger.debug("wrote %s", path)  # inside an output directory still being written

@@ -40,7 +40,7 @@ from ptychopinn.inference import (
     support_window,
 )
 from ptychopinn.io.images import render_png
-from ptychopinn.io.scan import ScanData
+from ptychopinn.io.scan import ScanData, concatenate
 from ptychopinn.reconstruction import Reconstruction, display_phase
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 
@@ -50,34 +50,6 @@ SCAN_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
 END_MARKER = "END"
 #: Refinement passes run per block between files.
 REFINE_PASSES_PER_BLOCK = 2
-
-
-def concatenate(scans: list[ScanData]) -> ScanData:
-    """One scan of every pattern so far (the first file's probe, mask, background; its
-    reference object when every file carries the same)."""
-    first = scans[0]
-    if len(scans) == 1:
-        return first
-    return dataclasses.replace(
-        first,
-        diffraction=np.concatenate([np.asarray(s.diffraction[:]) for s in scans]),
-        positions_px=np.concatenate([s.positions_px for s in scans]),
-        nominal_positions_px=np.concatenate([s.nominal_positions_px for s in scans]),
-        scan_index=np.concatenate([s.scan_index for s in scans]),
-        # a reference object every file carries (the same one) is kept, for metrics
-        object=first.object if all(_same_object(s, first) for s in scans) else None,
-        patches=None,
-        source=f"{first.source} + {len(scans) - 1} more",
-    )
-
-
-def _same_object(scan: ScanData, first: ScanData) -> bool:
-    return (
-        scan.object is not None
-        and first.object is not None
-        and scan.object.shape == first.object.shape
-        and bool(np.array_equal(scan.object, first.object))
-    )
 
 
 class LiveCanvas:

@@ -93,6 +93,7 @@ def resolve(
 _NOT_RECIPE = frozenset(
     {
         "n_groups",
+        "synthetic_objects",
         "val_fraction",
         "accelerator",
         "devices",

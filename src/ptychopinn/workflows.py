@@ -7,6 +7,8 @@ Usable from a notebook without the CLI::
     run = pp.train(pp.Config(), scan, "runs/a")
     bundle = pp.load_bundle(run.bundle_path)
     rec = pp.reconstruct(bundle, scan)
+
+and, for a new scan, ``bundle, _ = pp.adapt(bundle, new_scan, seconds=20)`` first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from ptychopinn.bundle import BUNDLE_NAME, Bundle, load_bundle, save_bundle
 from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
+from ptychopinn.data.synthetic import with_synthetic
 from ptychopinn.device import resolve_accelerator, training_precision
 from ptychopinn.errors import BundleError, ConfigError, DataError, OutputExistsError
 from ptychopinn.inference import background_tensor
@@ -34,12 +37,14 @@ from ptychopinn.io.paths import check_regular_file
 from ptychopinn.io.scan import ScanData
 from ptychopinn.presets import describe as describe_recipe
 from ptychopinn.reconstruction import Reconstruction
+from ptychopinn.transfer import adapt, training_record
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Config",
     "TrainingRun",
+    "adapt",
     "evaluate_reconstruction",
     "load_bundle",
     "read_scan",
@@ -130,6 +135,16 @@ def train(
 
     quiet_lightning()
     _check_scans(config, train_scan, val_scan)
+    record = training_record(train_scan, config.training.synthetic_objects)
+    if config.training.synthetic_objects:
+        if config.model.mode == "supervised":
+            raise ConfigError(
+                "synthetic_objects: supervised training needs labels for the measured scan too; "
+                "use the default self-supervised mode"
+            )
+        train_scan = with_synthetic(
+            train_scan, config.training.synthetic_objects, config.training.seed
+        )
     run_dir = Path(output_dir)
     bundle_path = run_dir / BUNDLE_NAME
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -163,7 +178,13 @@ def train(
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics.update(training_s=elapsed, epochs=trainer.current_epoch, steps=trainer.global_step)
         if trainer.is_global_zero:
-            run = {"recipe": recipe, "accelerator": accelerator, "precision": precision, **metrics}
+            run = {
+                "recipe": recipe,
+                "accelerator": accelerator,
+                "precision": precision,
+                "training_data": record,
+                **metrics,
+            }
             save_bundle(
                 bundle_path, config, normalization, module.net, module.physics.probe, run=run
             )
@@ -348,9 +369,14 @@ def reconstruct(
     refine_from: str = "network",
     device: torch.device | str = "cpu",
     refine_positions: str | None = None,
+    adapt: float | str = "auto",
     **network_options: Any,
 ) -> Reconstruction:
     """The best estimate of the object: the network's reconstruction, refined.
+
+    ``adapt``: seconds of fine-tuning the network on ``scan`` first (:func:`adapt`), 0 never,
+    or ``"auto"``: when the network explains the scan much worse than its training data (a new
+    kind of sample) and refinement follows (:func:`~ptychopinn.transfer.adapted_if_new`).
 
     ``refine="auto"`` (the default) refines until held-out patterns stop becoming more
     likely and never returns something worse than the network alone by that measure;
@@ -361,7 +387,9 @@ def reconstruct(
     :func:`ptychopinn.inference.reconstruct` (``n_groups``, ``batch_size``, ``weights``,
     ``synchronize``, ``precision``, ``chunk_patterns``).
     """
-    network = network_reconstruction(bundle, scan, device=device, **network_options)
+    bundle, network, record = adapted_network(
+        bundle, scan, adapt, refine, device, **network_options
+    )
     if refine == 0:
         return network
     start = None if refine_from == "flat" else network
@@ -370,7 +398,33 @@ def reconstruct(
     rec = refine_reconstruction(bundle, scan, start, refine, refine_probe, device, options)
     if refine == "auto" and not refine_probe and not refine_positions:
         rec = corrected_if_poor(bundle, scan, start, rec, device, budget)
-    return rec
+    return rec if record is None else rec.replace(metadata={**rec.metadata, "adapt": record})
+
+
+def adapted_network(
+    bundle: Bundle,
+    scan: ScanData,
+    adapt: float | str = "auto",
+    refine: int | str = "auto",
+    device: torch.device | str = "cpu",
+    **network_options: Any,
+) -> tuple[Bundle, Reconstruction, dict[str, Any] | None]:
+    """The model to use on ``scan`` (adapted to it or not, see :func:`reconstruct`), its
+    network reconstruction, and the adaptation's record (None when it did not adapt). With
+    ``refine=0`` (the network alone) ``"auto"`` does not adapt."""
+    from ptychopinn import transfer
+
+    record = None
+    if adapt != "auto" and adapt:
+        bundle, record = transfer.adapt(bundle, scan, seconds=float(adapt), device=device)
+    network = network_reconstruction(bundle, scan, device=device, **network_options)
+    if adapt == "auto" and refine != 0:
+        bundle, record = transfer.adapted_if_new(bundle, scan, network, device)
+        if record is not None:
+            network = network_reconstruction(bundle, scan, device=device, **network_options)
+    if record is not None:
+        network = network.replace(metadata={**network.metadata, "adapt": record})
+    return bundle, network, record
 
 
 def corrected_if_poor(

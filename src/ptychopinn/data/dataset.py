@@ -21,6 +21,11 @@ IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 _CACHE_CHUNK = 4096
 
 
+#: Counts per unit of probe power that differ from the training data's by more than this
+#: factor are taken as another dose (see :meth:`Normalization.for_scan`).
+DOSE_TOLERANCE = 4.0
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Fixed statistics that map a scan's amplitudes into the network's units.
@@ -70,12 +75,31 @@ class Normalization:
         )
 
     def for_scan(self, scan: ScanData) -> Normalization:
-        """The same statistics carried over to another scan, rescaled by its probe power."""
+        """The same statistics carried over to another scan, rescaled by its probe power,
+        and by its dose when that is another exposure.
+
+        Counts per unit of probe power within a factor :data:`DOSE_TOLERANCE` of the
+        training data's are the same exposure, and the difference is the sample's
+        transmission (kept). Further off, the scan was taken with another dose (exposure time,
+        flux, attenuators): its amplitudes are brought to the training level and the Poisson
+        scale follows the scan's counts, so a model trained at one dose serves another.
+        """
         power = float(np.sum(np.abs(scan.probe) ** 2))
         if not power > 0:
             raise DataError(f"{scan.source}: probeGuess is all zero")
         factor = self.amplitude_factor * math.sqrt(self.probe_power / power)
+        ratio = self.dose_ratio(scan, power)
+        if ratio > 0 and not 1 / DOSE_TOLERANCE <= ratio <= DOSE_TOLERANCE:
+            return Normalization(self.N, factor / math.sqrt(ratio), self.nphotons * ratio, power)
         return Normalization(self.N, factor, self.nphotons, power)
+
+    def dose_ratio(self, scan: ScanData, power: float | None = None) -> float:
+        """The scan's mean counts per unit of probe power over the training data's (from 256
+        patterns spread over the scan); 0 for a scan of zeros."""
+        if power is None:
+            power = float(np.sum(np.abs(scan.probe) ** 2))
+        trained = ((self.N / 2) / self.amplitude_factor) ** 2 / self.probe_power
+        return scan.mean_total_intensity(256) / power / trained if power > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

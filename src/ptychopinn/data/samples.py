@@ -16,7 +16,10 @@ import torch
 from ptychopinn.errors import ConfigError
 from ptychopinn.physics.functional import ifft2c
 
-ObjectKind = Literal["lines", "grf", "image"]
+ObjectKind = Literal["lines", "grf", "image", "shapes", "texture", "star"]
+#: The object kinds :func:`training_object` draws from (natural images and the Siemens star
+#: are kept out, so a model trained on them can be tested on unseen classes).
+TRAINING_KINDS: tuple[ObjectKind, ...] = ("lines", "grf", "shapes", "texture")
 ProbeKind = Literal["disk", "gaussian"]
 ScanKind = Literal["raster", "spiral", "random"]
 
@@ -50,7 +53,12 @@ def make_object(
         ``"grf"``: Gaussian random fields (white noise smoothed over ``feature_px``),
         independent for amplitude and phase. ``"image"``: scikit-image's bundled ``camera``
         as the phase and grey ``astronaut`` as the amplitude (``image_pair`` 0; other pairs in
-        :data:`IMAGE_PAIRS`), centre-cropped and resized (``rng`` unused).
+        :data:`IMAGE_PAIRS`), centre-cropped and resized (``rng`` unused). ``"shapes"``:
+        random filled ellipses and polygons of several heights (as lithographed or
+        particulate samples), smoothed over 0.7 px; amplitude and phase follow the height.
+        ``"texture"``: power-law (1/f^beta) noise, beta drawn in [1.5, 3.5], independent for
+        amplitude and phase. ``"star"``: a 36-spoke Siemens star filling the object,
+        amplitude dropping and phase rising on the spokes (``rng`` unused).
     shape : (Ho, Wo) object size in pixels.
     rng : source of randomness.
     max_phase_rad : the phase spans [-max_phase_rad, max_phase_rad].
@@ -80,6 +88,14 @@ def make_object(
         amp_map, phase_map = 1.0 - thickness, thickness
     elif kind == "grf":
         amp_map, phase_map = (_grf_map((h, w), feature_px, rng) for _ in range(2))
+    elif kind == "shapes":
+        height = _shapes_map((h, w), rng)
+        amp_map, phase_map = 1.0 - height, height
+    elif kind == "texture":
+        amp_map, phase_map = (_power_law_map((h, w), rng) for _ in range(2))
+    elif kind == "star":
+        height = _star_map((h, w))
+        amp_map, phase_map = 1.0 - height, height
     else:
         amp_name, phase_name = IMAGE_PAIRS[image_pair % len(IMAGE_PAIRS)]
         amp_map = _fit_image(_grey_sample(amp_name), (h, w))
@@ -136,6 +152,84 @@ def _grf_map(shape: tuple[int, int], feature_px: float, rng: np.random.Generator
     from scipy.ndimage import gaussian_filter
 
     return _unit_range(gaussian_filter(rng.standard_normal(shape), feature_px, mode="wrap"))
+
+
+def _shapes_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    from skimage.draw import ellipse, polygon
+
+    h, w = shape
+    canvas = np.zeros(shape)
+    for _ in range(max(1, round(h * w / 600))):
+        size = rng.uniform(0.02, 0.15) * min(h, w)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        level = rng.choice([0.33, 0.67, 1.0])
+        if rng.random() < 0.5:
+            r1, r2 = size * rng.uniform(0.3, 1.0, 2)
+            rr, cc = ellipse(
+                cy, cx, max(r1, 1.0), max(r2, 1.0), shape, rotation=rng.uniform(0, math.pi)
+            )
+        else:
+            k = int(rng.integers(3, 7))
+            angles = np.sort(rng.uniform(0, 2 * math.pi, k))
+            radii = size * rng.uniform(0.5, 1.0, k)
+            rr, cc = polygon(cy + radii * np.sin(angles), cx + radii * np.cos(angles), shape)
+        canvas[rr, cc] = level  # later shapes cover earlier ones
+    return _unit_range(gaussian_filter(canvas, 0.7))
+
+
+def _power_law_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    h, w = shape
+    beta = rng.uniform(1.5, 3.5)
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])  # (h, w // 2 + 1)
+    f[0, 0] = 1.0
+    spectrum = np.fft.rfft2(rng.standard_normal(shape)) * f ** (-beta / 2)
+    spectrum[0, 0] = 0.0
+    return _unit_range(np.fft.irfft2(spectrum, s=shape))
+
+
+def _star_map(shape: tuple[int, int], spokes: int = 36) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    h, w = shape
+    y, x = np.mgrid[:h, :w] - np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None]
+    radius, angle = np.hypot(y, x), np.arctan2(y, x)
+    star = (np.cos(spokes * angle) > 0) & (radius < 0.48 * min(h, w)) & (radius > 2)
+    return _unit_range(gaussian_filter(star.astype(np.float64), 0.7))
+
+
+def training_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random object of a random :data:`TRAINING_KINDS` kind, contrast and scale.
+
+    For training a network that inverts the forward model rather than learns one sample:
+    the kind, the feature size (GRF 1-6 px), the phase span (0.2-0.95 pi) and the amplitude
+    (phase-only in a quarter of draws, strongly absorbing down to 0.1 in another quarter)
+    are drawn from ``rng``.
+
+    Shapes
+    ------
+    returns (Ho, Wo) complex64
+
+    >>> obj = training_object((40, 40), np.random.default_rng(1))
+    >>> obj.shape, bool(np.abs(obj).max() <= 1)
+    ((40, 40), True)
+    """
+    kind = TRAINING_KINDS[int(rng.integers(len(TRAINING_KINDS)))]
+    contrast = rng.random()
+    if contrast < 0.25:  # phase only
+        amplitude_range = (1.0, 1.0)
+    elif contrast < 0.5:  # strongly absorbing
+        amplitude_range = (float(rng.uniform(0.1, 0.4)), 1.0)
+    else:
+        amplitude_range = (float(rng.uniform(0.4, 0.9)), 1.0)
+    return make_object(
+        kind,
+        shape,
+        rng,
+        max_phase_rad=float(rng.uniform(0.2, 0.95)) * math.pi,
+        amplitude_range=amplitude_range,
+        feature_px=float(rng.uniform(1.0, 6.0)),
+    )
 
 
 def _fit_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

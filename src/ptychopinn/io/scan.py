@@ -237,13 +237,24 @@ class ScanData:
 
     def mean_total_intensity(self, max_patterns: int = 4096) -> float:
         """Mean over patterns of the summed intensity sum(amplitude**2) (photons if counts)."""
+        cache = self.__dict__.setdefault("_mean_total_cache", {})  # one read per scan object
+        if max_patterns not in cache:
+            cache[max_patterns] = self._mean_total_intensity(max_patterns)
+        return float(cache[max_patterns])
+
+    def _mean_total_intensity(self, max_patterns: int) -> float:
         m = self.n_patterns
         if m <= max_patterns:
-            idx: Any = slice(None)
+            idx = np.arange(m)
         else:
             idx = np.linspace(0, m - 1, max_patterns).round().astype(np.int64)
-        amp = self.amplitudes(idx)
-        return float(np.mean(np.sum(amp.astype(np.float64) ** 2, axis=(1, 2))))
+        total = 0.0
+        for start in range(0, idx.size, _MEAN_BLOCK):  # a few patterns at a time from disk
+            block = idx[start : start + _MEAN_BLOCK]
+            rows = slice(int(block[0]), int(block[-1]) + 1) if m <= max_patterns else block
+            amp = self.amplitudes(rows)
+            total += float(np.sum(amp.astype(np.float64) ** 2))
+        return total / max(idx.size, 1)
 
     def subset(self, index: np.ndarray) -> ScanData:
         """A new ScanData holding the patterns ``index`` (loaded into memory)."""
@@ -258,6 +269,40 @@ class ScanData:
             scan_index=self.scan_index[index] if self.scan_index is not None else None,
             patches=self.patches[index] if self.patches is not None else None,
         )
+
+
+#: Patterns read at a time by :meth:`ScanData.mean_total_intensity`.
+_MEAN_BLOCK = 64
+
+
+def concatenate(scans: list[ScanData]) -> ScanData:
+    """One scan of every pattern of ``scans``, in memory, their ``scan_index`` kept: the
+    first scan's probe, mask and background, and its reference object when every scan
+    carries the same one."""
+    first = scans[0]
+    if len(scans) == 1:
+        return first
+    nominal = [s.nominal_positions_px for s in scans]
+    known = [v for v in nominal if v is not None]
+    return dataclasses.replace(
+        first,
+        diffraction=np.concatenate([np.asarray(s.diffraction[:]) for s in scans]),
+        positions_px=np.concatenate([s.positions_px for s in scans]),
+        nominal_positions_px=np.concatenate(known) if len(known) == len(scans) else None,
+        scan_index=np.concatenate([np.asarray(s.scan_index) for s in scans]),
+        object=first.object if all(_same_object(s, first) for s in scans) else None,
+        patches=None,
+        source=f"{first.source} + {len(scans) - 1} more",
+    )
+
+
+def _same_object(scan: ScanData, first: ScanData) -> bool:
+    return (
+        scan.object is not None
+        and first.object is not None
+        and scan.object.shape == first.object.shape
+        and bool(np.array_equal(scan.object, first.object))
+    )
 
 
 def take(array: Any, index: np.ndarray) -> np.ndarray:

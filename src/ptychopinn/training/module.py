@@ -101,20 +101,13 @@ class PtychoPINNModule(L.LightningModule):
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         x = batch["amplitude"]  # (B, C, N, N)
         patches = self(x)  # (B, C, N, N) complex
-        t = self.cfg.training
         if self.cfg.model.mode == "supervised":
             support = self.physics.support
             loss = ((patches - batch["patches"]).abs() * support).sum() / (
                 support.sum() * patches.shape[0] * patches.shape[1]
             )
         else:
-            predicted = with_background(self.physics(patches, batch["offsets"]), self.background)
-            if t.loss == "poisson":
-                loss = poisson_nll(
-                    predicted, x, self.normalization.intensity_scale, mask=self.good_pixels
-                )
-            else:
-                loss = amplitude_mae(predicted, x, mask=self.good_pixels)
+            loss, predicted = self.likelihood(patches, x, batch["offsets"])
             r = r_factor(predicted.detach(), x, self.good_pixels)
             self.log(f"{stage}_r_factor", r, batch_size=x.shape[0], sync_dist=True)
         batch_size = x.shape[0]
@@ -124,6 +117,20 @@ class PtychoPINNModule(L.LightningModule):
             variation = output_variation(patches.detach(), self.physics.support)
             self.log(f"{stage}_output_variation", variation, batch_size=batch_size, sync_dist=True)
         return loss
+
+    def likelihood(self, patches: Tensor, x: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        """The unsupervised loss of object ``patches`` (B, P, N, N) against the measured
+        amplitudes ``x`` (B, P, N, N) of groups with ``offsets`` (B, P, 2), and the predicted
+        amplitudes: the group's patches merged on one object, diffracted, the background
+        added; bad pixels left out."""
+        predicted = with_background(self.physics(patches, offsets), self.background)
+        if self.cfg.training.loss == "poisson":
+            loss = poisson_nll(
+                predicted, x, self.normalization.intensity_scale, mask=self.good_pixels
+            )
+        else:
+            loss = amplitude_mae(predicted, x, mask=self.good_pixels)
+        return loss, predicted
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._epoch_patterns += batch["amplitude"].shape[0] * batch["amplitude"].shape[1]

@@ -79,8 +79,9 @@ class WallTimeEstimate(Callback):
 class EpochLog(Callback):
     """One log line per epoch: losses, throughput, elapsed and remaining time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_time_s: float | None = None) -> None:
         self._start = 0.0
+        self.max_time_s = max_time_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -100,6 +101,8 @@ class EpochLog(Callback):
         if "patterns_per_s" in metrics:
             parts.append(f"{float(metrics['patterns_per_s']):.0f} patterns/s")
         remaining = elapsed / epoch * max(0, epochs - epoch) if epoch else 0.0
+        if self.max_time_s is not None:  # the run ends at max_time if that comes first
+            remaining = min(remaining, max(0.0, self.max_time_s - elapsed))
         parts.append(f"{format_duration(elapsed)} elapsed, {format_duration(remaining)} to go")
         logger.info(", ".join(parts))
 

@@ -192,7 +192,7 @@ def progress_callbacks(progress: bool, steps_per_epoch: int, max_time_s: float |
     if sys.stderr.isatty():
         out.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 50)))
     else:
-        out.append(EpochLog())
+        out.append(EpochLog(max_time_s))
     return out
 
 
