@@ -211,7 +211,7 @@ def training_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndar
     returns (Ho, Wo) complex64
 
     >>> obj = training_object((40, 40), np.random.default_rng(1))
-    >>> obj.shape, bool(np.abs(obj).max() <= 1)
+    >>> obj.shape, bool(np.abs(obj).max() <= 1 + 1e-6)
     ((40, 40), True)
     """
     kind = TRAINING_KINDS[int(rng.integers(len(TRAINING_KINDS)))]
