@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 SCAN_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
 END_MARKER = "END"
+#: zlib level of the page's PNGs, redrawn for every batch of files (fast over small).
+PNG_LEVEL = 1
 #: Refinement passes run per block between files.
 REFINE_PASSES_PER_BLOCK = 2
 
@@ -165,8 +167,10 @@ class LiveState:
         phase = np.where(rec.coverage[box] > 0, display_phase(rec.object[box], lit), 0.0)
         size = rec.pixel_size_m
         images = {
-            "phase.png": render_png(phase, "twilight", lit, "rad", size, "phase"),
-            "amplitude.png": render_png(rec.amplitude[box], "gray", lit, "", size, "amplitude"),
+            "phase.png": render_png(phase, "twilight", lit, "rad", size, "phase", PNG_LEVEL),
+            "amplitude.png": render_png(
+                rec.amplitude[box], "gray", lit, "", size, "amplitude", PNG_LEVEL
+            ),
         }
         with self.lock:
             self.images = images

@@ -37,8 +37,12 @@ def render_png(
     unit: str = "",
     pixel_size_m: float | None = None,
     title: str = "",
+    compress_level: int = 6,
 ) -> bytes:
     """``image`` as PNG bytes, one pixel per object pixel, with a colour bar.
+
+    ``compress_level`` is zlib's (0-9): the live page, redrawn for every batch of files,
+    takes 1 (about 3x faster to encode, a somewhat larger image).
 
     The display range is the 0.5 to 99.5 percentile of the pixels in ``mask`` (pass the
     well-lit ones: a barely lit border would set the range and leave the object dark). The
@@ -83,7 +87,7 @@ def render_png(
         + (f", pixel size {pixel_size_m:.4g} m" if pixel_size_m else ""),
     )
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", pnginfo=info)
+    canvas.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
     return buffer.getvalue()
 
 
