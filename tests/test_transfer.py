@@ -16,13 +16,13 @@ from ptychopinn.data.grouping import training_groups
 from ptychopinn.data.samples import TRAINING_KINDS, make_object, make_probe, training_object
 from ptychopinn.data.simulate import simulate_scan
 from ptychopinn.data.synthetic import simulate_like, with_synthetic
+from ptychopinn.io.summary import median_spacing_px
 from ptychopinn.physics.functional import normalize_probe
 from ptychopinn.transfer import (
     adapt,
     adapted_if_new,
     compatibility,
     probe_similarity,
-    scan_step_px,
 )
 
 
@@ -110,7 +110,7 @@ def test_compatibility_names_another_probe_or_step(scan, tiny_bundle, tiny_scan)
     other = dataclasses.replace(tiny_scan, probe=make_probe("gaussian", 32, diameter_px=20)[None])
     assert probe_similarity(tiny_scan.probe, other.probe) < 0.9
     assert "probe" in " ".join(compatibility(tiny_bundle, other))
-    record = {"run": {"training_data": {"step_px": 2 * scan_step_px(tiny_scan.positions_px)}}}
+    record = {"run": {"training_data": {"step_px": 2 * median_spacing_px(tiny_scan.positions_px)}}}
     wider = dataclasses.replace(tiny_bundle, manifest=record)
     assert "scan step" in " ".join(compatibility(wider, tiny_scan))
 

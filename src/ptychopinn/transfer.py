@@ -25,6 +25,7 @@ from ptychopinn.data.dataset import GroupDataset
 from ptychopinn.data.grouping import training_groups
 from ptychopinn.errors import ConfigError
 from ptychopinn.io.scan import ScanData
+from ptychopinn.io.summary import median_spacing_px
 from ptychopinn.reconstruction import Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,9 @@ AUTO_ADAPT_STEPS = 250
 NOVELTY_RATIO = 1.5
 
 
-def scan_step_px(positions_px: np.ndarray) -> float:
-    """Median distance (px) from each position to its nearest neighbour (0 for one position)."""
-    from scipy.spatial import cKDTree
-
-    if positions_px.shape[0] < 2:
-        return 0.0
-    distance, _ = cKDTree(positions_px).query(positions_px, k=2)
-    return float(np.median(distance[:, 1]))
+def _finite(value: float) -> float:
+    """``value``, or 0 where it is not finite (a single position has no step)."""
+    return value if math.isfinite(value) else 0.0
 
 
 def training_record(scan: ScanData, synthetic_objects: int) -> dict[str, Any]:
@@ -62,7 +58,7 @@ def training_record(scan: ScanData, synthetic_objects: int) -> dict[str, Any]:
     return {
         "patterns": scan.n_patterns,
         "synthetic_objects": int(synthetic_objects),
-        "step_px": round(scan_step_px(scan.positions_px[: min(scan.n_patterns, 100_000)]), 3),
+        "step_px": round(_finite(median_spacing_px(scan.positions_px)), 3),
         "mean_counts": float(f"{scan.mean_total_intensity(256):.4g}"),
         "units": scan.units,
     }
@@ -98,7 +94,7 @@ def compatibility(bundle: Bundle, scan: ScanData) -> list[str]:
         )
     record = bundle.manifest.get("run", {}).get("training_data", {})
     trained_step = float(record.get("step_px") or 0.0)
-    step = scan_step_px(scan.positions_px[: min(scan.n_patterns, 100_000)])
+    step = _finite(median_spacing_px(scan.positions_px))
     if trained_step > 0 and step > 0:
         ratio = step / trained_step
         if not 1 / STEP_RATIO_LIMIT <= ratio <= STEP_RATIO_LIMIT:

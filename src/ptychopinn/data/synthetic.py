@@ -18,17 +18,15 @@ import dataclasses
 import logging
 
 import numpy as np
-import torch
 
 from ptychopinn.data.samples import training_object
-from ptychopinn.data.simulate import _placement, _poisson_counts
+from ptychopinn.data.simulate import _diffract, _photon_factor, _placement, _total_intensities
 from ptychopinn.io.scan import ScanData, concatenate
-from ptychopinn.physics.functional import extract_patches, far_field_amplitude
 from ptychopinn.resources import check_allocation
 
 logger = logging.getLogger(__name__)
 
-#: Patterns diffracted per batch.
+#: Patterns drawn from the Poisson distribution per batch.
 _BATCH = 1024
 
 
@@ -42,31 +40,19 @@ def simulate_like(scan: ScanData, obj: np.ndarray, rng: np.random.Generator) -> 
     ------
     obj (Ho, Wo) complex64; returns a scan of ``scan.n_patterns`` patterns
     """
-    n, m = scan.N, scan.n_patterns
-    offset, _ = _placement(scan.positions_px, n, obj.shape)
+    offset, _ = _placement(scan.positions_px, scan.N, obj.shape)
     positions = scan.positions_px + offset  # (M, 2) on obj
-    probe = torch.from_numpy(np.asarray(scan.probe, dtype=np.complex64))  # (P, N, N)
-    canvas = torch.from_numpy(obj)[None]  # (1, Ho, Wo)
-    amplitude = np.empty((m, n, n), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, m, _BATCH):
-            pos = torch.from_numpy(positions[start : start + _BATCH])[None]  # (1, B, 2)
-            patch = extract_patches(canvas, pos, n)[0]  # (B, N, N)
-            amplitude[start : start + _BATCH] = far_field_amplitude(probe, patch).numpy()
-    target = scan.mean_total_intensity()
+    probe = np.asarray(scan.probe, dtype=np.complex64)  # (P, N, N)
+    amplitude, _ = _diffract(obj, probe, positions, keep_patches=False)  # (M, N, N)
+    factor = _photon_factor(_total_intensities(amplitude), scan.mean_total_intensity())
     diffraction: np.ndarray
-    totals = np.sum(np.square(amplitude, dtype=np.float64), axis=(1, 2))  # (M,)
-    factor = target / max(float(totals.mean()), 1e-30)
     if scan.units == "counts":
-        diffraction = np.empty((m, n, n), dtype=np.int32)
-        bg = None if scan.background is None else scan.background.astype(np.float64)
-        for start in range(0, m, _BATCH):
-            block = amplitude[start : start + _BATCH]
-            if bg is None:
-                diffraction[start : start + _BATCH] = _poisson_counts(block, factor, rng)
-            else:
-                expected = factor * np.square(block, dtype=np.float64) + bg
-                diffraction[start : start + _BATCH] = rng.poisson(expected).astype(np.int32)
+        diffraction = np.empty(amplitude.shape, dtype=np.int32)
+        for start in range(0, amplitude.shape[0], _BATCH):
+            expected = factor * np.square(amplitude[start : start + _BATCH], dtype=np.float64)
+            if scan.background is not None:
+                expected += scan.background
+            diffraction[start : start + _BATCH] = rng.poisson(expected).astype(np.int32)
     else:
         diffraction = amplitude * np.float32(np.sqrt(factor))
         if scan.background is not None:

@@ -108,15 +108,20 @@ def diffraction_geometry(scan: ScanData, max_patterns: int = 1024) -> Diffractio
     return DiffractionGeometry((offset[0], offset[1]), n, len(sample), ratio)
 
 
+def median_spacing_px(positions_px: np.ndarray) -> float:
+    """Median distance (px) from each position (M, 2) to its nearest neighbour; NaN for
+    fewer than two positions."""
+    if positions_px.shape[0] < 2:
+        return float("nan")
+    dist, _ = cKDTree(positions_px).query(positions_px, k=2)
+    return float(np.median(dist[:, 1]))
+
+
 def summarize(scan: ScanData, geometry: DiffractionGeometry | None = None) -> dict[str, Any]:
     """Facts a user checks before training: sizes, positions, overlap, dose, probe, reference."""
     pos = scan.positions_px
     m = scan.n_patterns
-    if m > 1:
-        dist, _ = cKDTree(pos).query(pos, k=2)
-        spacing = float(np.median(dist[:, 1]))
-    else:
-        spacing = float("nan")
+    spacing = median_spacing_px(pos)
     diameter = probe_diameter_px(scan.probe)
     overlap = max(0.0, 1.0 - spacing / diameter) if m > 1 and diameter > 0 else float("nan")
     sample = np.linspace(0, m - 1, min(m, 4096)).round().astype(np.int64)
