@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "compare a reconstruction with a reference object", add_evaluate_arguments),
         (
             "live",
-            "reconstruct scan files as they appear in a directory, shown on a web page",
+            "reconstruct a scan while it is measured (files, a growing HDF5 file, ZMQ), "
+            "shown on a web page",
             add_live_arguments,
         ),
         (
@@ -326,9 +327,13 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_live_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--model_path", required=True, help="run directory or wts.h5.zip")
-    _flag(p, "--watch", required=True, metavar="DIR",
+    _flag(p, "--watch", default=None, metavar="DIR|FILE.h5",
           help="directory the acquisition writes scan files into (each renamed into place "
-          "whole); a file named END ends the scan")  # fmt: skip
+          "whole; a file named END ends the scan), or one HDF5 scan it grows in SWMR mode")  # fmt: skip
+    _flag(p, "--zmq", default=None, metavar="ADDRESS",
+          help="read patterns from ZMQ messages instead (a PULL socket connected to "
+          "ADDRESS, e.g. tcp://detector:5555)")  # fmt: skip
+    _flag(p, "--zmq_bind", action="store_true", help="bind the ZMQ socket instead of connecting")
     _flag(p, "--output_dir", required=True, help="where infer's outputs go when the scan ends")
     p.add_argument("--port", type=int, default=8765, help="web page port (8765; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
@@ -339,7 +344,13 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
           help="refinement of the final reconstruction, as in infer (auto)")  # fmt: skip
     _flag(p, "--no_live_refinement", action="store_true",
           help="no refinement passes between files (the page shows the network alone)")  # fmt: skip
-    _flag(p, "--poll_s", type=POSITIVE, default=0.2, help="seconds between directory checks")
+    _flag(
+        p,
+        "--poll_s",
+        type=POSITIVE,
+        default=0.2,
+        help="seconds between checks for new patterns (0.2)",
+    )
     _flag(p, "--linger_s", type=NON_NEGATIVE, default=5.0,
           help="seconds the page stays up after the outputs are written (5)")  # fmt: skip
     _flag(p, "--accelerator", choices=ACCELERATORS, default="auto",

@@ -191,11 +191,12 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_live(args: argparse.Namespace) -> int:
     from ptychopinn.device import inference_precision, torch_device
     from ptychopinn.inference import DEFAULT_BATCH
-    from ptychopinn.live import LiveState, Watcher, concatenate, run_live, serve
-    from ptychopinn.workflows import load_bundle, read_scan
+    from ptychopinn.live import LiveCanvas, LiveState, concatenate, run_live, serve
+    from ptychopinn.workflows import load_bundle
 
     out = Path(args.output_dir)
-    watcher = Watcher(Path(args.watch))
+    if (args.watch is None) == (args.zmq is None):
+        raise ConfigError("give one of --watch DIR (or FILE.h5) and --zmq ADDRESS")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: anyone who can reach this machine sees the page", args.host)
     infer_args = args.infer_args  # infer's options as infer takes them (set by the CLI)
@@ -203,31 +204,56 @@ def run_live(args: argparse.Namespace) -> int:
         device = torch_device(args.accelerator)
         precision = inference_precision("auto", device)
         bundle = load_bundle(args.model_path, map_location=device)
+        batch = DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cuda"])
+        canvas = LiveCanvas(bundle, device, precision, batch)
+        canvas.warm_up()  # before the page says it is ready
+        source = _live_source(args, bundle)
         state = LiveState(output_dir=str(out))
         try:
             server = serve(state, args.host, args.port)
         except OSError as exc:
+            source.close()
             raise ConfigError(f"--port {args.port}: cannot serve on {args.host} ({exc})") from exc
         host, port = server.server_address[:2]
-        logger.info("live view at http://%s:%d/ ; watching %s", host, port, args.watch)
+        logger.info("live view at http://%s:%d/ ; %s", host, port, source.describe())
         try:
-            batch = DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cuda"])
             scans = run_live(
-                bundle, watcher, state, lambda p: read_scan(p, args.diffraction_units),
-                device, precision, batch, args.expect, args.poll_s, not args.no_live_refinement,
-            )  # fmt: skip
+                canvas, source, state, args.expect, args.poll_s, not args.no_live_refinement
+            )
             if not scans:
-                raise DataError(f"{args.watch}: the scan ended before any pattern arrived")
+                raise DataError("the scan ended before any pattern arrived")
             infer_into(work, bundle, concatenate(scans), infer_args, device, precision)
         except BaseException:
             server.shutdown()
             raise
+        finally:
+            source.close()
     logger.info("wrote %s", out)
     with state.lock:
         state.done = True
     time.sleep(args.linger_s)  # the page shows "done" and where the outputs went
     server.shutdown()
     return 0
+
+
+def _live_source(args: argparse.Namespace, bundle: Any) -> Any:
+    """``live``'s source: a directory, a growing HDF5 file, or a ZMQ stream."""
+    from ptychopinn.streams import Directory, GrowingFile, ZmqStream
+    from ptychopinn.workflows import read_scan
+
+    if args.zmq is not None:
+        probe = bundle.probe.detach().cpu().numpy().astype(np.complex64)
+        power = float(np.sum(np.abs(probe) ** 2))  # the training scan's scale
+        probe = probe * np.sqrt(bundle.normalization.probe_power / max(power, 1e-30))
+        return ZmqStream(args.zmq, probe, bind=args.zmq_bind)
+    watch = Path(args.watch)
+    if watch.is_dir():
+        return Directory(watch, lambda p: read_scan(p, args.diffraction_units))
+    if watch.suffix in (".h5", ".hdf5"):
+        return GrowingFile(watch, args.diffraction_units)
+    raise ConfigError(
+        f"{watch}: --watch needs an existing directory or a growing HDF5 scan (.h5, .hdf5)"
+    )
 
 
 def infer_into(

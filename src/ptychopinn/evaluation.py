@@ -334,16 +334,20 @@ def write_comparison_figure(
     from matplotlib.figure import Figure
 
     from ptychopinn.io.atomic import atomic_path
+    from ptychopinn.io.images import CYCLIC_SPAN_RAD
 
     m, rec, ref = metrics, np.asarray(aligned_reconstruction), np.asarray(aligned_reference)
     ph_rec, ph_ref = comparable_phases(rec, ref)
     amp = (np.abs(ref), np.abs(rec))
+    # a cyclic map only for phases spanning a full turn (its two ends share one colour)
+    cyclic = float(np.ptp(ph_ref)) >= CYCLIC_SPAN_RAD if ph_ref.size else False
+    phase_map = "twilight" if cyclic else "viridis"
     panels = [  # (image, colour limits, colour map, title); the reference sets the limits
         (amp[0], amp[0], "gray", "reference amplitude"),
         (amp[1], amp[0], "gray", f"reconstruction amplitude, SSIM {m.amplitude_ssim:.3f}"),
         (None, None, None, None),  # FRC
-        (ph_ref, ph_ref, "twilight", "reference phase (rad)"),
-        (ph_rec, ph_ref, "twilight", f"reconstruction phase (rad), SSIM {m.phase_ssim:.3f}"),
+        (ph_ref, ph_ref, phase_map, "reference phase (rad)"),
+        (ph_rec, ph_ref, phase_map, f"reconstruction phase (rad), SSIM {m.phase_ssim:.3f}"),
         (ph_rec - ph_ref, [-0.5, 0.5], "RdBu", f"phase difference (rad), MAE {m.phase_mae:.3f}"),
     ]
     fig = Figure(figsize=(14, 8), layout="constrained")

@@ -1,17 +1,14 @@
 """``ptychopinn live``: reconstruct a scan while it is measured, and show it in a browser.
 
-Scan files (scan NPZ, chunked HDF5, CXI: whatever ``read_scan`` reads) appear in a watched
-directory as the acquisition writes them, each holding the next patterns and their positions.
-Every file is predicted by the network and stitched, phases synchronised against the canvas
-so far, onto a canvas that grows with the scan; between files, refinement passes over all
-patterns so far sharpen the picture. A small web server shows both (``/``), with
-``/status.json``, ``/phase.png`` and ``/amplitude.png`` for programs. When the scan ends (a
-file named ``END`` in the directory, ``expect`` patterns, or Ctrl-C) the patterns so far are
-reconstructed exactly as ``ptychopinn infer`` would and written to the output directory.
-
-Writers must make each file appear whole: write it under a name starting with ``.`` (or
-ending in ``.part``/``.tmp``) and rename it. A file that cannot be read is reported on the page
-and in the log and skipped.
+The patterns come from a source (:mod:`ptychopinn.streams`): scan files that appear whole in a
+watched directory, the rows a growing HDF5 file gains (SWMR), or ZMQ messages. Every arrival is
+predicted by the network and stitched, phases synchronised against the canvas so far, onto a
+canvas that grows with the scan; while nothing is waiting, refinement passes over all patterns
+so far sharpen the picture. A small web server shows both (``/``), with ``/status.json``,
+``/phase.png`` and ``/amplitude.png`` for programs. When the scan ends (the source says so,
+``expect`` patterns, or Ctrl-C) the patterns so far are reconstructed exactly as
+``ptychopinn infer`` would and written to the output directory. An arrival that cannot be read
+is reported on the page and in the log and skipped.
 """
 
 from __future__ import annotations
@@ -21,17 +18,16 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ptychopinn.bundle import Bundle
 from ptychopinn.data.dataset import GroupDataset
-from ptychopinn.errors import ConfigError, PtychoPINNError
+from ptychopinn.errors import PtychoPINNError
 from ptychopinn.inference import (
     inference_groups,
     predict_patches,
@@ -41,15 +37,19 @@ from ptychopinn.inference import (
 )
 from ptychopinn.io.images import render_png
 from ptychopinn.io.scan import ScanData, concatenate
-from ptychopinn.reconstruction import Reconstruction, display_phase
+from ptychopinn.reconstruction import WELL_LIT, Reconstruction, display_phase
 from ptychopinn.stitching import CanvasGeometry, Stitcher
+from ptychopinn.streams import Arrival
 
 logger = logging.getLogger(__name__)
 
-SCAN_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
-END_MARKER = "END"
-#: zlib level of the page's PNGs, redrawn for every batch of files (fast over small).
+#: zlib level of the page's PNGs, redrawn often (fast over small).
 PNG_LEVEL = 1
+#: While more patterns wait, the page's images are redrawn at most this often (seconds);
+#: with nothing waiting they are redrawn at once.
+PUBLISH_INTERVAL_S = 0.5
+#: The page's images are binned to at most this many pixels on a side (the files are not).
+PAGE_MAX_PX = 768
 #: Refinement passes run per block between files.
 REFINE_PASSES_PER_BLOCK = 2
 
@@ -63,6 +63,20 @@ class LiveCanvas:
         self.window = support_window(bundle)
         self.weight = stitch_weights(bundle, "probe")[self.window, self.window]
         self.stitcher: Stitcher | None = None
+        self._lo: np.ndarray | None = None  # the positions' bounding box so far
+        self._hi: np.ndarray | None = None
+
+    def warm_up(self) -> None:
+        """Pay the one-time costs (the first pass through the network, the phase
+        synchronisation's imports) before the first patterns arrive."""
+        import scipy.signal  # noqa: F401
+        import scipy.sparse.csgraph  # noqa: F401
+        import scipy.sparse.linalg  # noqa: F401
+        import scipy.spatial  # noqa: F401
+
+        n, c = self.bundle.config.model.N, self.bundle.config.model.gridsize**2
+        with torch.inference_mode():
+            predict_patches(self.net, torch.zeros(1, c, n, n), self.device, self.precision)
 
     def add(self, scan: ScanData) -> None:
         """Predict the scan's patterns and stitch them (phases synchronised to the canvas)."""
@@ -86,6 +100,10 @@ class LiveCanvas:
     def _cover(self, positions: np.ndarray) -> None:
         """Grow the canvas (by a margin, so that it grows seldom) to hold ``positions``."""
         n = self.bundle.config.model.N
+        nearest = np.round(positions)
+        lo, hi = nearest.min(axis=0), nearest.max(axis=0)
+        self._lo = lo if self._lo is None else np.minimum(self._lo, lo)
+        self._hi = hi if self._hi is None else np.maximum(self._hi, hi)
         need = CanvasGeometry.covering(positions, n)
         old = self.stitcher.geometry if self.stitcher is not None else None
         if old is not None and _contains(old, need):
@@ -105,13 +123,16 @@ class LiveCanvas:
             self.stitcher = self.stitcher.grown(geometry)
 
     def reconstruction(self, positions: np.ndarray) -> Reconstruction | None:
-        if self.stitcher is None:
+        """The canvas so far, cropped to the patches' footprint (the canvas grows with a
+        margin); ``positions`` (M, 2) are every pattern's so far."""
+        if self.stitcher is None or self._lo is None or self._hi is None:
             return None
-        obj, coverage = self.stitcher.result()
+        region = CanvasGeometry.covering(np.stack([self._lo, self._hi]), self.bundle.config.model.N)
+        obj, coverage = self.stitcher.result(region=region)
         return Reconstruction(
-            object=obj.cpu().numpy().astype(np.complex64),
-            origin_px=self.stitcher.geometry.origin_px,
-            coverage=coverage.cpu().numpy().astype(np.float32),
+            object=obj.cpu().numpy().astype(np.complex64, copy=False),
+            origin_px=region.origin_px,
+            coverage=coverage.cpu().numpy().astype(np.float32, copy=False),
             positions_px=positions,
             N=self.bundle.config.model.N,
         )
@@ -130,6 +151,7 @@ class LiveState:
     """What the page shows; every field read and written under ``lock``."""
 
     patterns: int = 0
+    shown: int = 0  # patterns the page's images hold
     files: int = 0
     bad_files: list[str] = dataclasses.field(default_factory=list)
     patterns_per_s: float = 0.0
@@ -146,6 +168,7 @@ class LiveState:
         with self.lock:
             return {
                 "patterns": self.patterns,
+                "shown": self.shown,
                 "patterns_per_s": round(self.patterns_per_s, 1),
                 "latency_s": None if self.latency_s is None else round(self.latency_s, 3),
                 "refine_passes": self.refine_passes,
@@ -157,24 +180,44 @@ class LiveState:
                 "output_dir": self.output_dir,
             }
 
-    def publish(self, rec: Reconstruction) -> None:
-        """Render the reconstruction's phase and amplitude (the covered region) for the page."""
+    def publish(self, rec: Reconstruction, written: float | None = None) -> None:
+        """Render the reconstruction's phase and amplitude (the covered region) for the page;
+        ``written``: when the oldest patterns new to it were written (``time.time()``).
+
+        A region larger than :data:`PAGE_MAX_PX` is binned (complex mean for the phase, mean
+        modulus for the amplitude) so that a redraw costs the same late in a long scan as
+        early on; the files written at the end keep every pixel.
+        """
         rows, cols = np.nonzero(rec.coverage > 0)
         if rows.size == 0:
             return
         box = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-        lit = rec.well_lit()[box]
-        phase = np.where(rec.coverage[box] > 0, display_phase(rec.object[box], lit), 0.0)
+        obj, coverage = rec.object[box], rec.coverage[box]
+        amplitude = np.abs(obj)
         size = rec.pixel_size_m
+        b = -(-max(obj.shape) // PAGE_MAX_PX)
+        if b > 1:
+            obj, coverage, amplitude = (_binned(a, b) for a in (obj, coverage, amplitude))
+            size = None if size is None else size * b
+        top = float(coverage.max())
+        lit = coverage >= WELL_LIT * top
+        phase = np.where(coverage > 0, display_phase(obj, lit), 0.0)
         images = {
-            "phase.png": render_png(phase, "twilight", lit, "rad", size, "phase", PNG_LEVEL),
-            "amplitude.png": render_png(
-                rec.amplitude[box], "gray", lit, "", size, "amplitude", PNG_LEVEL
-            ),
+            "phase.png": render_png(phase, "phase", lit, "rad", size, "phase", PNG_LEVEL),
+            "amplitude.png": render_png(amplitude, "gray", lit, "", size, "amplitude", PNG_LEVEL),
         }
         with self.lock:
             self.images = images
             self.version += 1
+            self.shown = int(rec.positions_px.shape[0])
+            if written is not None:
+                self.latency_s = time.time() - written
+
+
+def _binned(array: np.ndarray, b: int) -> np.ndarray:
+    """Means over b x b blocks (the last rows and columns that do not fill one dropped)."""
+    h, w = (array.shape[0] // b) * b, (array.shape[1] // b) * b
+    return array[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
 
 
 PAGE = """<!doctype html>
@@ -251,96 +294,115 @@ def serve(state: LiveState, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-class Watcher:
-    """New whole scan files in a directory, oldest first; the end marker."""
+class Source(Protocol):
+    """Where the patterns come from (:mod:`ptychopinn.streams`)."""
 
-    def __init__(self, directory: Path):
-        if not directory.is_dir():
-            raise ConfigError(f"{directory}: --watch needs an existing directory")
-        self.directory = directory
-        self.seen: set[str] = set()
+    def describe(self) -> str: ...
 
-    def new_files(self) -> list[Path]:
-        found = []
-        for path in self.directory.iterdir():
-            name = path.name
-            if name in self.seen or name.startswith(".") or name.endswith((".part", ".tmp")):
-                continue
-            if path.suffix in SCAN_SUFFIXES and path.is_file():
-                found.append(path)
-        found.sort(key=lambda p: (p.stat().st_mtime, p.name))
-        self.seen.update(p.name for p in found)
-        return found
+    def poll(self) -> list[Arrival]: ...
 
-    def ended(self) -> bool:
-        return (self.directory / END_MARKER).exists()
+    def ended(self) -> bool: ...
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The loop's bookkeeping: time spent on patterns, and what the page does not show yet."""
+
+    busy_s: float = 0.0
+    published: float = float("-inf")  # perf_counter of the last redraw
+    oldest_unshown: float | None = None  # write time of the oldest arrival not drawn yet
 
 
 def run_live(
-    bundle: Bundle,
-    watcher: Watcher,
+    canvas: LiveCanvas,
+    source: Source,
     state: LiveState,
-    read: Callable[[Path], ScanData],
-    device: torch.device | str,
-    precision: Any,
-    batch: int,
     expect: int | None = None,
     poll_s: float = 0.2,
     refine: bool = True,
 ) -> list[ScanData]:
-    """Watch, predict, stitch and refine until the scan ends; returns the scans read."""
-    canvas = LiveCanvas(bundle, device, precision, batch)
+    """Take, predict, stitch and refine until the scan ends; returns the scans read.
+
+    Arrivals are taken one at a time, oldest first, onto ``canvas`` (empty, warmed up). The
+    page's images are redrawn after an arrival when nothing else waits, or at least every
+    :data:`PUBLISH_INTERVAL_S` while more do; ``latency_s`` runs from the oldest arrival in a
+    redraw to the redraw.
+    """
+    bundle, device = canvas.bundle, canvas.device
     scans: list[ScanData] = []
+    queue: deque[Arrival] = deque()
+    progress = _Progress()
     refined_for = 0
-    busy_s = 0.0
     try:
         while True:
-            files = watcher.new_files()
-            written = time.time()
-            for path in files:
-                t0 = time.perf_counter()
-                try:
-                    scan = read(path)
-                    canvas.add(scan)
-                except (PtychoPINNError, OSError, ValueError) as exc:
-                    logger.warning("%s: skipped (%s)", path.name, exc)
-                    with state.lock:
-                        state.bad_files.append(f"{path.name}: {exc}")
+            ending = source.ended()  # before polling: what came before the end is taken
+            queue.extend(source.poll())
+            if queue:
+                scan = _take(queue.popleft(), canvas, state, progress)
+                if scan is None:
                     continue
                 scans.append(scan)
-                busy_s += time.perf_counter() - t0
-                written = path.stat().st_mtime
-                latency = time.time() - written
-                with state.lock:
-                    state.patterns += scan.n_patterns
-                    state.files += 1
-                    state.latency_s = latency
-                    state.patterns_per_s = state.patterns / max(busy_s, 1e-9)
-                logger.info(
-                    "%s: %d patterns (%d so far), %.3f s from file to canvas (before drawing)",
-                    path.name, scan.n_patterns, state.patterns, latency,
-                )  # fmt: skip
-            if files and scans:  # the page's images: once per batch of files
-                t0 = time.perf_counter()
-                positions = np.concatenate([s.positions_px for s in scans])
-                rec = canvas.reconstruction(positions)
-                assert rec is not None
-                state.publish(rec.replace(pixel_size_m=scans[-1].pixel_size_m))
-                busy_s += time.perf_counter() - t0
-                with state.lock:  # to the image on the page
-                    state.latency_s = time.time() - written
-                    state.patterns_per_s = state.patterns / max(busy_s, 1e-9)
+                queue.extend(source.poll())
+                if not queue or time.perf_counter() - progress.published >= PUBLISH_INTERVAL_S:
+                    _redraw(canvas, scans, state, progress)
+                continue
+            if progress.oldest_unshown is not None:
+                _redraw(canvas, scans, state, progress)
             total = sum(s.n_patterns for s in scans)
-            if watcher.ended() or (expect is not None and total >= expect):
+            if ending or (expect is not None and total >= expect):
                 return scans
-            if not files and refine and scans and total > refined_for:
+            if refine and scans and total > refined_for:
                 refined_for = total
                 _refine_block(bundle, scans, canvas, state, device)
-            elif not files:
+            else:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         logger.info("interrupted: writing what has arrived")
         return scans
+
+
+def _take(
+    arrival: Arrival, canvas: LiveCanvas, state: LiveState, progress: _Progress
+) -> ScanData | None:
+    """Read, predict and stitch one arrival (None: it was skipped, and reported)."""
+    t0 = time.perf_counter()
+    try:
+        scan = arrival.read()
+        canvas.add(scan)
+    except (PtychoPINNError, OSError, ValueError) as exc:
+        logger.warning("%s: skipped (%s)", arrival.name, exc)
+        with state.lock:
+            state.bad_files.append(f"{arrival.name}: {exc}")
+        return None
+    progress.busy_s += time.perf_counter() - t0
+    if progress.oldest_unshown is None:
+        progress.oldest_unshown = arrival.written
+    with state.lock:
+        state.patterns += scan.n_patterns
+        state.files += 1
+        state.patterns_per_s = state.patterns / max(progress.busy_s, 1e-9)
+        total = state.patterns
+    logger.info(
+        "%s: %d patterns (%d so far), %.3f s from writing to canvas (before drawing)",
+        arrival.name, scan.n_patterns, total, time.time() - arrival.written,
+    )  # fmt: skip
+    return scan
+
+
+def _redraw(
+    canvas: LiveCanvas, scans: list[ScanData], state: LiveState, progress: _Progress
+) -> None:
+    """Redraw the page's images from the canvas; the latency of what they now show."""
+    t0 = time.perf_counter()
+    positions = np.concatenate([s.positions_px for s in scans])
+    rec = canvas.reconstruction(positions)
+    assert rec is not None
+    state.publish(rec.replace(pixel_size_m=scans[-1].pixel_size_m), progress.oldest_unshown)
+    progress.published = time.perf_counter()
+    progress.busy_s += progress.published - t0
+    with state.lock:
+        state.patterns_per_s = state.patterns / max(progress.busy_s, 1e-9)
+    progress.oldest_unshown = None
 
 
 def _refine_block(

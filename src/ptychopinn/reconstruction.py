@@ -156,7 +156,7 @@ class Reconstruction:
         phase = display_phase(self.object, lit)
         for name, image, cmap, unit in (
             ("reconstructed_amplitude.png", self.amplitude, "gray", ""),
-            ("reconstructed_phase.png", np.where(mask, phase, 0.0), "twilight", "rad"),
+            ("reconstructed_phase.png", np.where(mask, phase, 0.0), "phase", "rad"),
         ):
             save_image(out / name, image, cmap, lit, unit, self.pixel_size_m)
             paths.append(out / name)

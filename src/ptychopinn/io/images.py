@@ -14,6 +14,8 @@ from ptychopinn.io.units import format_length
 
 #: Images lower than this many pixels get no tick labels (the text would not fit).
 MIN_LABELLED_HEIGHT = 40
+#: A phase image whose display range spans at least this much is shown on a cyclic map.
+CYCLIC_SPAN_RAD = 0.95 * 2 * math.pi
 
 
 def save_image(
@@ -44,6 +46,11 @@ def render_png(
     ``compress_level`` is zlib's (0-9): the live page, redrawn for every batch of files,
     takes 1 (about 3x faster to encode, a somewhat larger image).
 
+    ``cmap="phase"`` picks the colour map for a phase: the cyclic ``twilight`` when the
+    display range spans a full turn (at least :data:`CYCLIC_SPAN_RAD`), where wrapped values
+    meet; ``viridis`` otherwise, whose two ends look different (on a cyclic map the lowest
+    and highest phases of a small range would share one colour).
+
     The display range is the 0.5 to 99.5 percentile of the pixels in ``mask`` (pass the
     well-lit ones: a barely lit border would set the range and leave the object dark). The
     colour bar on the right is labelled with the top, middle and bottom of the range (in
@@ -62,6 +69,8 @@ def render_png(
     values = image[mask] if mask is not None and mask.any() else image
     vmin, vmax = (float(v) for v in np.percentile(values, [0.5, 99.5])) if values.size else (0, 1)
     scaled = np.clip((image - vmin) / ((vmax - vmin) or 1.0), 0.0, 1.0)
+    if cmap == "phase":
+        cmap = "twilight" if vmax - vmin >= CYCLIC_SPAN_RAD else "viridis"
     colour = colormaps[cmap]
     rgb = colour(scaled, bytes=True)[..., :3]  # (H, W, 3) uint8
     h, w = image.shape

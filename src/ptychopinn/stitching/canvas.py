@@ -246,17 +246,31 @@ class Stitcher:
         values = canvas[rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
         return values * inside  # (K, S, S)
 
-    def result(self, min_weight: float = 1e-3) -> tuple[Tensor, Tensor]:
+    def result(
+        self, min_weight: float = 1e-3, region: CanvasGeometry | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Weighted average (H, W) complex64 and summed weight (H, W); uncovered pixels are 0.
 
-        Patches still held by :meth:`add_synchronized` are synchronised and added first.
+        ``region`` (on the object grid, within this canvas) limits both to that part of the
+        canvas (the covered part of a canvas grown with a margin); the weight threshold stays
+        relative to the whole canvas's largest weight. Patches still held by
+        :meth:`add_synchronized` are synchronised and added first.
         """
         if self._held is not None:
             held, self._held = self._held, None
             self.add_synchronized(*held)
-        den = self._denominator[0]
-        covered = den > min_weight * den.max().clamp_min(1e-12)
-        obj = self._numerator[0] / den.clamp_min(1e-30)  # covered pixels have den > 0
+        den, num = self._denominator[0], self._numerator[0]
+        top = den.max().clamp_min(1e-12)
+        if region is not None:
+            r0 = region.origin_px[0] - self.geometry.origin_px[0]
+            c0 = region.origin_px[1] - self.geometry.origin_px[1]
+            h, w = self.geometry.shape
+            if r0 < 0 or c0 < 0 or r0 + region.shape[0] > h or c0 + region.shape[1] > w:
+                raise ValueError(f"{region} is not within {self.geometry}")
+            box = np.s_[r0 : r0 + region.shape[0], c0 : c0 + region.shape[1]]
+            den, num = den[box], num[box]
+        covered = den > min_weight * top
+        obj = num / den.clamp_min(1e-30)  # covered pixels have den > 0
         obj[~covered] = 0
         return obj, den * covered
 
