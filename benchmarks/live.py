@@ -9,7 +9,8 @@ ZMQ messages. With ``--rate R`` a block is released every ``block / R`` seconds 
 about as soon as it is released (the latency stays flat and bounded). With ``--rate 0`` each
 block is released once the one before is on the page (as fast as ``live`` keeps up). The
 latencies are ``live``'s own (``/status.json``: from a block's writing to the page's images
-that hold it), sampled at every redraw.
+that hold it), sampled at every redraw; ``live_peak_rss_mb`` is its peak memory before the
+final reconstruction (the arrived patterns wait on disk, so it should not grow with the scan).
 
 Usage::
 
@@ -47,6 +48,17 @@ from ptychopinn.workflows import load_bundle
 def status(url: str) -> dict:
     with urllib.request.urlopen(url + "status.json", timeout=10) as response:
         return json.loads(response.read())
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far (Linux; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 @contextlib.contextmanager
@@ -163,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         while (now := sample())["shown"] < args.patterns:
             time.sleep(0.01)
         finished = time.time()
+        peak_mb = peak_rss_mb(proc.pid)  # before the final reconstruction
         end()
         proc.wait(timeout=600)
     result = {
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             "redraws": len(latencies),
         },
         "arrivals": now["files"],
+        "live_peak_rss_mb": peak_mb,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

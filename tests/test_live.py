@@ -5,6 +5,7 @@ headless browser shows the images."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -109,6 +110,11 @@ def test_live_follows_a_scan_written_in_pieces_and_ends_as_infer(
             _drop(watch, f"part{k}.npz", tiny_scan.subset(index))
             if k == 1:
                 (watch / "broken.npz").write_bytes(b"not an npz at all")
+                # amplitudes after counts: the scan's patterns cannot mix units
+                first = tiny_scan.subset(pieces[0])
+                amplitudes = np.sqrt(np.asarray(first.diffraction, dtype=np.float32))
+                _drop(watch, "amplitudes.npz", dataclasses.replace(
+                    first, diffraction=amplitudes, units="amplitude"))  # fmt: skip
             deadline = time.time() + 60
             while _status(url)["patterns"] < sum(len(p) for p in pieces[: k + 1]):
                 assert time.time() < deadline, _status(url)
@@ -127,7 +133,11 @@ def test_live_follows_a_scan_written_in_pieces_and_ends_as_infer(
     status = seen[-1]
     assert status["files"] == 4 and status["patterns"] == tiny_scan.n_patterns
     assert status["latency_s"] is not None and status["patterns_per_s"] > 0
-    assert len(status["bad_files"]) == 1 and "broken.npz" in status["bad_files"][0]
+    assert len(status["bad_files"]) == 2 and "broken.npz" in status["bad_files"][0]
+    assert (
+        "amplitude" in status["bad_files"][1]
+        and "first arrival held counts" in (status["bad_files"][1])
+    )
     # the final outputs are infer's on the whole scan
     live = json.loads((out / "metrics.json").read_text())
     assert abs(live["phase_ssim"] - infer_metrics["phase_ssim"]) < 0.01
@@ -265,3 +275,23 @@ def test_the_page_shows_the_images_in_a_real_browser(tmp_path, tiny_scan, bundle
     coloured = int(np.count_nonzero(span > 30))
     grey = int(np.count_nonzero((span <= 2) & (pixels[:, 0] > 30) & (pixels[:, 0] < 225)))
     assert colours > 150 and coloured > 20_000 and grey > 20_000, (colours, coloured, grey)
+
+
+def test_the_live_canvas_grows_with_the_scan_not_with_its_own_margins(tiny_scan, tiny_bundle):
+    """A raster scanned row by row grows the canvas downwards; its width stays the scan's
+    width plus one margin (margins once compounded on every growth, wasting memory)."""
+    from ptychopinn.live import LiveCanvas
+
+    canvas = LiveCanvas(tiny_bundle, "cpu", "32", 16)
+    cols = np.arange(0, 400, 5.0)
+    n = tiny_scan.N
+    for row in range(12):
+        positions = np.stack([np.full(cols.size, 40.0 + 8 * row), 40.0 + cols], axis=1)
+        index = np.arange(cols.size) % tiny_scan.n_patterns
+        part = dataclasses.replace(tiny_scan.subset(index), object=None, patches=None)
+        canvas.add(dataclasses.replace(part, positions_px=positions))
+    assert canvas.stitcher is not None
+    height, width = canvas.stitcher.geometry.shape
+    span = 400 + n + 2  # the patches' extent along a row
+    assert width <= span + 2 * (span // 4) + 2, (width, span)
+    assert height >= 8 * 11 + n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_live(args: argparse.Namespace) -> int:
     from ptychopinn.device import inference_precision, torch_device
     from ptychopinn.inference import DEFAULT_BATCH
-    from ptychopinn.live import LiveCanvas, LiveState, concatenate, run_live, serve
+    from ptychopinn.live import LiveCanvas, LiveState, Spool, run_live, serve
     from ptychopinn.workflows import load_bundle
 
     out = Path(args.output_dir)
@@ -216,18 +217,23 @@ def run_live(args: argparse.Namespace) -> int:
             raise ConfigError(f"--port {args.port}: cannot serve on {args.host} ({exc})") from exc
         host, port = server.server_address[:2]
         logger.info("live view at http://%s:%d/ ; %s", host, port, source.describe())
+        # the arrived patterns wait on disk next to the outputs, not in memory
+        spool_dir = tempfile.TemporaryDirectory(prefix=f".{out.name}.live-", dir=out.parent)
+        spool = Spool(Path(spool_dir.name))
         try:
-            scans = run_live(
-                canvas, source, state, args.expect, args.poll_s, not args.no_live_refinement
-            )
-            if not scans:
-                raise DataError("the scan ended before any pattern arrived")
-            infer_into(work, bundle, concatenate(scans), infer_args, device, precision)
+            run_live(
+                canvas, source, state, spool, args.expect, args.poll_s,
+                not args.no_live_refinement,
+            )  # fmt: skip
+            source.close()
+            infer_into(work, bundle, spool.finished_scan(), infer_args, device, precision)
         except BaseException:
             server.shutdown()
             raise
         finally:
             source.close()
+            spool.close()
+            spool_dir.cleanup()
     logger.info("wrote %s", out)
     with state.lock:
         state.done = True

@@ -13,6 +13,7 @@ is reported on the page and in the log and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,7 +29,7 @@ import torch
 
 from ptychopinn.bundle import Bundle
 from ptychopinn.data.dataset import GroupDataset
-from ptychopinn.errors import PtychoPINNError
+from ptychopinn.errors import DataError, PtychoPINNError
 from ptychopinn.inference import (
     inference_groups,
     predict_patches,
@@ -35,8 +37,9 @@ from ptychopinn.inference import (
     stitch_weights,
     support_window,
 )
+from ptychopinn.io.growing import GrowingScanWriter, growing_scan_writer
 from ptychopinn.io.images import render_png
-from ptychopinn.io.scan import ScanData, concatenate
+from ptychopinn.io.scan import ScanData
 from ptychopinn.reconstruction import WELL_LIT, Reconstruction, display_phase
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 from ptychopinn.streams import Arrival
@@ -98,22 +101,28 @@ class LiveCanvas:
             self.stitcher.add_synchronized(torch.cat(out), positions)
 
     def _cover(self, positions: np.ndarray) -> None:
-        """Grow the canvas (by a margin, so that it grows seldom) to hold ``positions``."""
+        """Grow the canvas to hold ``positions``: to the scan's extent so far plus a quarter
+        of it on every side, so that it grows seldom (the margin is taken from the positions,
+        not from the canvas, so it does not compound along an axis the scan does not grow)."""
         n = self.bundle.config.model.N
         nearest = np.round(positions)
-        lo, hi = nearest.min(axis=0), nearest.max(axis=0)
-        self._lo = lo if self._lo is None else np.minimum(self._lo, lo)
-        self._hi = hi if self._hi is None else np.maximum(self._hi, hi)
+        self._lo = (
+            nearest.min(axis=0) if self._lo is None else np.minimum(self._lo, nearest.min(axis=0))
+        )
+        self._hi = (
+            nearest.max(axis=0) if self._hi is None else np.maximum(self._hi, nearest.max(axis=0))
+        )
         need = CanvasGeometry.covering(positions, n)
         old = self.stitcher.geometry if self.stitcher is not None else None
         if old is not None and _contains(old, need):
             return
-        lo, hi = np.array(need.origin_px), np.array(need.origin_px) + need.shape
+        extent = CanvasGeometry.covering(np.stack([self._lo, self._hi]), n)
+        lo, hi = np.array(extent.origin_px), np.array(extent.origin_px) + extent.shape
+        margin = np.maximum(n, (hi - lo) // 4)
+        lo, hi = lo - margin, hi + margin
         if old is not None:
             lo = np.minimum(lo, old.origin_px)
             hi = np.maximum(hi, np.array(old.origin_px) + old.shape)
-        margin = np.maximum(n, (hi - lo) // 4)
-        lo, hi = lo - margin, hi + margin
         geometry = CanvasGeometry(
             (int(lo[0]), int(lo[1])), (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
         )
@@ -294,6 +303,102 @@ def serve(state: LiveState, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
+class Spool:
+    """Every pattern that arrived, appended to a growing chunked HDF5 scan on disk, so that
+    memory stays flat however long the scan runs.
+
+    The first arrival's probe, detector mask, background and pixel size apply to the whole
+    scan; a later arrival in other units is refused. Its reference object is kept when every
+    arrival carries the same one (a simulated scan, for the metrics).
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / "arrived.h5"
+        self._stack = contextlib.ExitStack()
+        self._writer: GrowingScanWriter | None = None
+        self.first: ScanData | None = None
+        self._object: np.ndarray | None = None
+        self._positions: list[np.ndarray] = []
+        self.n_patterns = 0
+
+    def check(self, scan: ScanData) -> None:
+        """DataError when ``scan`` cannot join the arrivals so far."""
+        first = self.first
+        if first is not None and (scan.units != first.units or scan.N != first.N):
+            raise DataError(
+                f"{scan.source}: {scan.units} of {scan.N} x {scan.N}, but the scan's first "
+                f"arrival held {first.units} of {first.N} x {first.N}"
+            )
+
+    def add(self, scan: ScanData) -> None:
+        self.check(scan)
+        if self._writer is None:
+            self.first, self._object = scan, scan.object
+            self._writer = self._stack.enter_context(
+                growing_scan_writer(
+                    self.path,
+                    n=scan.N,
+                    dtype=np.float32,
+                    units=scan.units,
+                    probe=scan.probe,
+                    bad_pixels=scan.bad_pixels,
+                    pixel_size_m=scan.pixel_size_m,
+                    background=scan.background,
+                )  # fmt: skip
+            )
+        elif self._object is not None and not (
+            scan.object is not None
+            and scan.object.shape == self._object.shape
+            and np.array_equal(scan.object, self._object)
+        ):
+            self._object = None
+        self._writer.append(np.asarray(scan.diffraction[:], dtype=np.float32), scan.positions_px)
+        self._positions.append(scan.positions_px)
+        self.n_patterns += scan.n_patterns
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """(M, 2) every arrived pattern's position (y, x), in arrival order."""
+        if len(self._positions) > 1:
+            self._positions = [np.concatenate(self._positions)]
+        return self._positions[0] if self._positions else np.zeros((0, 2))
+
+    def scan(self) -> ScanData:
+        """The patterns so far as one scan, read from the spool as they are needed."""
+        assert self.first is not None and self._writer is not None
+        return dataclasses.replace(
+            self.first,
+            diffraction=self._writer.dataset,
+            positions_px=self.positions_px,
+            nominal_positions_px=None,
+            scan_index=None,
+            patches=None,
+            object=self._object,
+            source=self.scan_name,
+        )
+
+    def close(self) -> None:
+        """Mark the spool complete and close it (:meth:`scan` then reads nothing)."""
+        if self._writer is not None:
+            self._writer.finish()
+        self._stack.close()
+        self._writer = None
+
+    def finished_scan(self) -> ScanData:
+        """Close the spool; every arrived pattern as a chunked HDF5 scan read from disk."""
+        from ptychopinn.io.hdf5 import read_scan_h5
+
+        if self.first is None:
+            raise DataError("the scan ended before any pattern arrived")
+        self.close()
+        scan = read_scan_h5(self.path)
+        return dataclasses.replace(scan, object=self._object, source=self.scan_name)
+
+    @property
+    def scan_name(self) -> str:
+        return f"{self.first.source if self.first else 'nothing'} and what followed it"
+
+
 class Source(Protocol):
     """Where the patterns come from (:mod:`ptychopinn.streams`)."""
 
@@ -317,11 +422,12 @@ def run_live(
     canvas: LiveCanvas,
     source: Source,
     state: LiveState,
+    spool: Spool,
     expect: int | None = None,
     poll_s: float = 0.2,
     refine: bool = True,
-) -> list[ScanData]:
-    """Take, predict, stitch and refine until the scan ends; returns the scans read.
+) -> None:
+    """Take, predict, stitch and refine until the scan ends; the patterns go to ``spool``.
 
     Arrivals are taken one at a time, oldest first, onto ``canvas`` (empty, warmed up). The
     page's images are redrawn after an arrival when nothing else waits, or at least every
@@ -329,7 +435,6 @@ def run_live(
     redraw to the redraw.
     """
     bundle, device = canvas.bundle, canvas.device
-    scans: list[ScanData] = []
     queue: deque[Arrival] = deque()
     progress = _Progress()
     refined_for = 0
@@ -338,42 +443,41 @@ def run_live(
             ending = source.ended()  # before polling: what came before the end is taken
             queue.extend(source.poll())
             if queue:
-                scan = _take(queue.popleft(), canvas, state, progress)
-                if scan is None:
+                if not _take(queue.popleft(), canvas, state, progress, spool):
                     continue
-                scans.append(scan)
                 queue.extend(source.poll())
                 if not queue or time.perf_counter() - progress.published >= PUBLISH_INTERVAL_S:
-                    _redraw(canvas, scans, state, progress)
+                    _redraw(canvas, spool, state, progress)
                 continue
             if progress.oldest_unshown is not None:
-                _redraw(canvas, scans, state, progress)
-            total = sum(s.n_patterns for s in scans)
+                _redraw(canvas, spool, state, progress)
+            total = spool.n_patterns
             if ending or (expect is not None and total >= expect):
-                return scans
-            if refine and scans and total > refined_for:
+                return
+            if refine and total > refined_for:
                 refined_for = total
-                _refine_block(bundle, scans, canvas, state, device)
+                _refine_block(bundle, spool.scan(), canvas, state, device)
             else:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         logger.info("interrupted: writing what has arrived")
-        return scans
 
 
 def _take(
-    arrival: Arrival, canvas: LiveCanvas, state: LiveState, progress: _Progress
-) -> ScanData | None:
-    """Read, predict and stitch one arrival (None: it was skipped, and reported)."""
+    arrival: Arrival, canvas: LiveCanvas, state: LiveState, progress: _Progress, spool: Spool
+) -> bool:
+    """Read, predict, stitch and spool one arrival (False: it was skipped, and reported)."""
     t0 = time.perf_counter()
     try:
         scan = arrival.read()
+        spool.check(scan)
         canvas.add(scan)
     except (PtychoPINNError, OSError, ValueError) as exc:
         logger.warning("%s: skipped (%s)", arrival.name, exc)
         with state.lock:
             state.bad_files.append(f"{arrival.name}: {exc}")
-        return None
+        return False
+    spool.add(scan)
     progress.busy_s += time.perf_counter() - t0
     if progress.oldest_unshown is None:
         progress.oldest_unshown = arrival.written
@@ -386,18 +490,15 @@ def _take(
         "%s: %d patterns (%d so far), %.3f s from writing to canvas (before drawing)",
         arrival.name, scan.n_patterns, total, time.time() - arrival.written,
     )  # fmt: skip
-    return scan
+    return True
 
 
-def _redraw(
-    canvas: LiveCanvas, scans: list[ScanData], state: LiveState, progress: _Progress
-) -> None:
+def _redraw(canvas: LiveCanvas, spool: Spool, state: LiveState, progress: _Progress) -> None:
     """Redraw the page's images from the canvas; the latency of what they now show."""
     t0 = time.perf_counter()
-    positions = np.concatenate([s.positions_px for s in scans])
-    rec = canvas.reconstruction(positions)
-    assert rec is not None
-    state.publish(rec.replace(pixel_size_m=scans[-1].pixel_size_m), progress.oldest_unshown)
+    rec = canvas.reconstruction(spool.positions_px)
+    assert rec is not None and spool.first is not None
+    state.publish(rec.replace(pixel_size_m=spool.first.pixel_size_m), progress.oldest_unshown)
     progress.published = time.perf_counter()
     progress.busy_s += progress.published - t0
     with state.lock:
@@ -406,13 +507,12 @@ def _redraw(
 
 
 def _refine_block(
-    bundle: Bundle, scans: list[ScanData], canvas: LiveCanvas, state: LiveState, device: Any
+    bundle: Bundle, scan: ScanData, canvas: LiveCanvas, state: LiveState, device: Any
 ) -> None:
     """A few refinement passes over every pattern so far, from the network's canvas."""
     from ptychopinn.refinement import refine
     from ptychopinn.workflows import refine_options
 
-    scan = concatenate(scans)
     start = canvas.reconstruction(scan.positions_px)
     options = refine_options(bundle, start, REFINE_PASSES_PER_BLOCK, refine_probe=False)
     rec, _, _ = refine(

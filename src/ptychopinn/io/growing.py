@@ -169,6 +169,11 @@ class GrowingScanWriter:
         self._f = f
         self.n_written = 0
 
+    @property
+    def dataset(self) -> Any:
+        """The ``diffraction`` rows written so far (an h5py dataset, readable in place)."""
+        return self._f["diffraction"]
+
     def append(self, patterns: np.ndarray, positions_px: np.ndarray) -> None:
         """Append patterns (B, N, N) measured at ``positions_px`` (B, 2) (y, x)."""
         pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
