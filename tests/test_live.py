@@ -120,8 +120,9 @@ def test_live_follows_a_scan_written_in_pieces_and_ends_as_infer(
                 assert time.time() < deadline, _status(url)
                 time.sleep(0.1)
             seen.append(_status(url))
-        with urllib.request.urlopen(url + "phase.png", timeout=5) as response:
-            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        for image in ("phase.png", "amplitude.png", "coverage.png"):
+            with urllib.request.urlopen(url + image, timeout=5) as response:
+                assert response.read(8) == b"\x89PNG\r\n\x1a\n"
         (watch / "END").write_text("")
         deadline = time.time() + 120
         while not _status(url)["done"]:

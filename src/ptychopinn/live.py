@@ -5,7 +5,7 @@ watched directory, the rows a growing HDF5 file gains (SWMR), or ZMQ messages. E
 predicted by the network and stitched, phases synchronised against the canvas so far, onto a
 canvas that grows with the scan; while nothing is waiting, refinement passes over all patterns
 so far sharpen the picture. A small web server shows both (``/``), with ``/status.json``,
-``/phase.png`` and ``/amplitude.png`` for programs. When the scan ends (the source says so,
+``/phase.png``, ``/amplitude.png`` and ``/coverage.png`` for programs. When the scan ends (the source says so,
 ``expect`` patterns, or Ctrl-C) the patterns so far are reconstructed exactly as
 ``ptychopinn infer`` would and written to the output directory. An arrival that cannot be read
 is reported on the page and in the log and skipped.
@@ -53,6 +53,8 @@ PNG_LEVEL = 1
 PUBLISH_INTERVAL_S = 0.5
 #: The page's images are binned to at most this many pixels on a side (the files are not).
 PAGE_MAX_PX = 768
+#: The page's coverage image is binned to at most this many pixels on a side.
+COVERAGE_MAX_PX = 256
 #: Refinement passes run per block between files.
 REFINE_PASSES_PER_BLOCK = 2
 
@@ -211,9 +213,15 @@ class LiveState:
         top = float(coverage.max())
         lit = coverage >= WELL_LIT * top
         phase = np.where(coverage > 0, display_phase(obj, lit), 0.0)
+        # the coverage is smooth: a small image of it is enough
+        c = -(-max(coverage.shape) // COVERAGE_MAX_PX)
+        small = _binned(coverage, c) if c > 1 else coverage
         images = {
             "phase.png": render_png(phase, "phase", lit, "rad", size, "phase", PNG_LEVEL),
             "amplitude.png": render_png(amplitude, "gray", lit, "", size, "amplitude", PNG_LEVEL),
+            "coverage.png": render_png(
+                small, "magma", None, "", None if size is None else size * c, "coverage", PNG_LEVEL
+            ),
         }
         with self.lock:
             self.images = images
@@ -235,12 +243,14 @@ PAGE = """<!doctype html>
 min-width:320px;margin-right:1em;border:1px solid #ccc}td{padding:0 1em 0 0}.bad{color:#b00}</style></head>
 <body><h2>ptychopinn live</h2>
 <table><tr><td>patterns</td><td id="patterns">0</td><td>patterns/s</td><td id="rate">-</td>
-<td>latency (file to canvas)</td><td id="latency">-</td><td>refinement passes</td>
+<td>latency (written to shown)</td><td id="latency">-</td><td>refinement passes</td>
 <td id="passes">0</td><td>state</td><td id="state">waiting</td></tr></table>
 <p class="bad" id="bad"></p>
 <div><figure style="display:inline-block"><img id="phase" alt="phase"><figcaption>phase (rad)
 </figcaption></figure><figure style="display:inline-block"><img id="amplitude" alt="amplitude">
-<figcaption>amplitude</figcaption></figure></div>
+<figcaption>amplitude</figcaption></figure><figure style="display:inline-block">
+<img id="coverage" alt="scan coverage" style="width:20vw;min-width:160px"><figcaption>scan
+coverage (summed patch weight)</figcaption></figure></div>
 <script>
 let shown = -1;
 async function tick() {
@@ -255,7 +265,7 @@ async function tick() {
       'skipped: ' + s.bad_files.join('; ') : '';
     if (s.version !== shown && s.version > 0) {
       shown = s.version;
-      for (const name of ['phase', 'amplitude'])
+      for (const name of ['phase', 'amplitude', 'coverage'])
         document.getElementById(name).src = '/' + name + '.png?v=' + s.version;
     }
     if (s.done) return;
@@ -277,7 +287,7 @@ def serve(state: LiveState, host: str, port: int) -> ThreadingHTTPServer:
                 self._send(200, "text/html; charset=utf-8", PAGE.encode())
             elif path == "/status.json":
                 self._send(200, "application/json", json.dumps(state.status()).encode())
-            elif path in ("/phase.png", "/amplitude.png"):
+            elif path in ("/phase.png", "/amplitude.png", "/coverage.png"):
                 with state.lock:
                     data = state.images.get(path[1:])
                 if data is None:
