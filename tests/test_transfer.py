@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from ptychopinn.transfer import (
     adapt,
     adapted_if_new,
     compatibility,
+    network_fit_ratio,
     probe_similarity,
 )
 
@@ -146,6 +148,19 @@ def test_auto_adaptation_only_for_a_scan_unlike_the_training_data(tiny_bundle, t
     assert none is None and same is familiar
     unknown, none = adapted_if_new(tiny_bundle, tiny_scan, network, steps=5)  # no record
     assert none is None and unknown is tiny_bundle
+    # the second test: the fit over the noise floor against the one on the training scan,
+    # which training records (the R-factor record then may say nothing)
+    ratio = network_fit_ratio(tiny_bundle, tiny_scan)
+    assert ratio is not None and ratio > 1.0
+
+    def recorded(value: float) -> Any:
+        run = {"val_r_factor": 10.0, "training_data": {"network_fit_ratio": value}}
+        return dataclasses.replace(tiny_bundle, manifest={"run": run})
+
+    adapted, record = adapted_if_new(recorded(ratio / 2), tiny_scan, network, steps=5)
+    assert record is not None and record["network_fit_ratio"] == pytest.approx(ratio, rel=1e-3)
+    same, none = adapted_if_new(recorded(ratio), tiny_scan, network, steps=5)
+    assert none is None
     # the network alone stays the network alone
     alone = pp.reconstruct(novel, tiny_scan, refine=0)
     assert "adapt" not in alone.metadata
@@ -173,6 +188,7 @@ def test_train_with_synthetic_objects_then_infer_with_adapt(tmp_path, run_cli):
     manifest = json.loads(zipfile.ZipFile(tmp_path / "run" / "wts.h5.zip").read("manifest.json"))
     assert manifest["run"]["training_data"]["synthetic_objects"] == 2
     assert manifest["run"]["training_data"]["step_px"] > 0
+    assert manifest["run"]["training_data"]["network_fit_ratio"] > 0
     inferred = run_cli(
         "infer", "--model_path", "run", "--data", "new.npz", "--output_dir", "out",
         "--adapt", "1", "--refine", "0", cwd=tmp_path,

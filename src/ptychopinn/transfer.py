@@ -46,6 +46,10 @@ AUTO_ADAPT_STEPS = 250
 #: ``--adapt auto`` adapts when the network's R-factor on the scan exceeds this multiple of the
 #: R-factor it reached on its training data (and is poor against the photon noise's floor).
 NOVELTY_RATIO = 1.5
+#: ... or when its fit over the noise floor is this many times the one on its training scan.
+NOVELTY_FIT_RATIO = 1.3
+#: Patterns of the training scan the network's fit is recorded on (those nearest its centre).
+FIT_PATTERNS = 1024
 
 
 def _finite(value: float) -> float:
@@ -242,6 +246,39 @@ def trained_r_factor(bundle: Bundle) -> float | None:
     return None
 
 
+def network_fit_ratio(
+    bundle: Bundle,
+    scan: ScanData,
+    device: torch.device | str = "cpu",
+    max_patterns: int = FIT_PATTERNS,
+) -> float | None:
+    """The network's data fit on ``scan`` against the photon noise's floor (the R-factor ratio
+    of :func:`ptychopinn.fit.data_fit`), on the up to ``max_patterns`` patterns nearest the
+    scan's centre (a compact region, overlapped as in the scan's interior).
+
+    Training records it on the measured scan (``run.training_data.network_fit_ratio``) so that
+    ``--adapt auto`` can tell how much worse the network explains a new scan than its own.
+    """
+    from ptychopinn.fit import data_fit
+    from ptychopinn.inference import reconstruct as network_reconstruction
+
+    if scan.n_patterns > max_patterns:
+        offset = scan.positions_px - np.median(scan.positions_px, axis=0)
+        scan = scan.subset(np.sort(np.argsort((offset**2).sum(axis=1))[:max_patterns]))
+    rec = network_reconstruction(bundle, scan, device=device)
+    fit = data_fit(scan, rec, bundle.probe, bundle.normalization.for_scan(scan), device)
+    return None if fit is None else float(fit.ratio)
+
+
+def trained_fit_ratio(bundle: Bundle) -> float | None:
+    """:func:`network_fit_ratio` of the network on its measured training scan, if recorded."""
+    run = bundle.manifest.get("run", {}) if isinstance(bundle.manifest, dict) else {}
+    value = (run.get("training_data") or {}).get("network_fit_ratio")
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
 def adapted_if_new(
     bundle: Bundle,
     scan: ScanData,
@@ -253,18 +290,25 @@ def adapted_if_new(
     sample unlike its training data.
 
     That is, when the network's data fit is poor against the photon noise's floor
-    (:data:`~ptychopinn.fit.POOR_FIT_RATIO`) and its R-factor is more than
-    :data:`NOVELTY_RATIO` times what the network reached on its training data. A scan like the
-    training data (the same sample, the same class) keeps the model as it is; so does a bundle
-    that does not record its training R-factor.
+    (:data:`~ptychopinn.fit.POOR_FIT_RATIO`) and either its R-factor is more than
+    :data:`NOVELTY_RATIO` times what the network reached on its training data, or its fit
+    over the noise floor is more than :data:`NOVELTY_FIT_RATIO` times the one it reached on
+    its measured training scan (the first test follows the noise, which dominates at low
+    dose; the second compares like with like at any dose). A scan like the training data (the
+    same sample, the same class) keeps the model as it is; so does a bundle that records
+    neither.
     """
     from ptychopinn.fit import data_fit
 
-    trained = trained_r_factor(bundle)
-    if trained is None or bundle.config.model.mode != "unsupervised":
+    trained, trained_ratio = trained_r_factor(bundle), trained_fit_ratio(bundle)
+    if (trained is None and trained_ratio is None) or bundle.config.model.mode != "unsupervised":
         return bundle, None
     fit = data_fit(scan, network, bundle.probe, bundle.normalization.for_scan(scan), device)
-    if fit is None or not fit.poor or fit.r_factor <= NOVELTY_RATIO * trained:
+    if fit is None or not fit.poor:
+        return bundle, None
+    worse_r = trained is not None and fit.r_factor > NOVELTY_RATIO * trained
+    worse_fit = trained_ratio is not None and fit.ratio > NOVELTY_FIT_RATIO * trained_ratio
+    if not (worse_r or worse_fit):
         return bundle, None
     logger.info(
         "the network's answer explains the patterns %.1f times worse than their noise allows "
@@ -273,5 +317,8 @@ def adapted_if_new(
         fit.ratio, fit.r_factor, trained, steps,
     )  # fmt: skip
     adapted, record = adapt(bundle, scan, steps=steps, device=device)
-    record.update(auto=True, network_r_factor=fit.r_factor, trained_r_factor=trained)
+    record.update(
+        auto=True, network_r_factor=fit.r_factor, trained_r_factor=trained,
+        network_fit_ratio=fit.ratio, trained_fit_ratio=trained_ratio,
+    )  # fmt: skip
     return adapted, record

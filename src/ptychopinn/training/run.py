@@ -77,6 +77,7 @@ def train(
     quiet_lightning()
     _check_scans(config, train_scan, val_scan)
     record = training_record(train_scan, config.training.synthetic_objects)
+    measured = train_scan
     if config.training.synthetic_objects:
         if config.model.mode == "supervised":
             raise ConfigError(
@@ -129,6 +130,8 @@ def train(
             save_bundle(
                 bundle_path, config, normalization, module.net, module.physics.probe, run=run
             )
+            if config.model.mode == "unsupervised":
+                _record_network_fit(bundle_path, measured, run, accelerator)
             logger.info("wrote %s (%.1f s of training)", bundle_path, elapsed)
     best = checkpoint.best_model_path
     return TrainingRun(
@@ -300,3 +303,22 @@ def _trainer(
         config, run_dir, accelerator, precision, trainer_callbacks, steps, progress
     )
     return trainer, checkpoint
+
+
+def _record_network_fit(
+    bundle_path: Path, scan: ScanData, run: dict[str, Any], accelerator: str
+) -> None:
+    """Add the trained network's fit on its measured scan to the bundle's training record
+    (what ``infer --adapt auto`` compares a new scan's fit with)."""
+    from ptychopinn.bundle import load_bundle
+    from ptychopinn.device import torch_device
+    from ptychopinn.transfer import network_fit_ratio
+
+    device = torch_device(accelerator)
+    bundle = load_bundle(bundle_path, map_location=device)
+    ratio = network_fit_ratio(bundle, scan, device)
+    if ratio is None:
+        return
+    run["training_data"] = {**run.get("training_data", {}), "network_fit_ratio": round(ratio, 4)}
+    save_bundle(bundle_path, bundle.config, bundle.normalization, bundle.net, bundle.probe, run=run)
+    logger.info("the network explains its training scan %.2f times its noise floor", ratio)
