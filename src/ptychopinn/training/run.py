@@ -22,7 +22,13 @@ from ptychopinn.config import Config
 from ptychopinn.data.dataset import Normalization
 from ptychopinn.data.synthetic import with_synthetic
 from ptychopinn.device import resolve_accelerator, training_precision
-from ptychopinn.errors import BundleError, ConfigError, DataError, OutputExistsError
+from ptychopinn.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    OutputExistsError,
+    PtychoPINNError,
+)
 from ptychopinn.inference import background_tensor
 from ptychopinn.io.scan import ScanData
 from ptychopinn.presets import describe as describe_recipe
@@ -316,7 +322,11 @@ def _record_network_fit(
 
     device = torch_device(accelerator)
     bundle = load_bundle(bundle_path, map_location=device)
-    ratio = network_fit_ratio(bundle, scan, device)
+    try:
+        ratio = network_fit_ratio(bundle, scan, device)
+    except (PtychoPINNError, RuntimeError, ValueError) as exc:  # the model is saved regardless
+        logger.warning("the network's fit on its training scan was not recorded (%s)", exc)
+        return
     if ratio is None:
         return
     run["training_data"] = {**run.get("training_data", {}), "network_fit_ratio": round(ratio, 4)}
