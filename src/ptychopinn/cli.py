@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ptychopinn import __version__
@@ -82,30 +82,25 @@ NON_NEGATIVE = _number(float, 0.0, "a number >= 0")
 SEED = _number(int, 0, "an integer from 0 to 2**32 - 1")
 
 
-def _refine_passes(text: str) -> str | int:
-    """``auto`` or a number of passes >= 0."""
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a number of passes >= 0, got {text!r}")
-    return value
+def _auto_or(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``auto`` or a finite ``kind`` (int, float) >= 0."""
+
+    def parse(text: str) -> Any:
+        if text == "auto":
+            return "auto"
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected auto or {what} >= 0, got {text!r}")
+        return value
+
+    return parse
 
 
-def _adapt_seconds(text: str) -> str | float:
-    """``auto`` or seconds >= 0."""
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected auto or seconds >= 0, got {text!r}")
-    return value
+_refine_passes = _auto_or(int, "a number of passes")
+_adapt_seconds = _auto_or(float, "seconds")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

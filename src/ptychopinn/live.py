@@ -39,7 +39,7 @@ from ptychopinn.inference import (
 )
 from ptychopinn.io.growing import GrowingScanWriter, growing_scan_writer
 from ptychopinn.io.images import render_png
-from ptychopinn.io.scan import ScanData
+from ptychopinn.io.scan import ScanData, same_object
 from ptychopinn.reconstruction import WELL_LIT, Reconstruction, display_phase
 from ptychopinn.stitching import CanvasGeometry, Stitcher
 from ptychopinn.streams import Arrival
@@ -327,7 +327,7 @@ class Spool:
         self._stack = contextlib.ExitStack()
         self._writer: GrowingScanWriter | None = None
         self.first: ScanData | None = None
-        self._object: np.ndarray | None = None
+        self._one_object = True  # every arrival carries the first one's reference object
         self._positions: list[np.ndarray] = []
         self.n_patterns = 0
 
@@ -342,8 +342,8 @@ class Spool:
 
     def add(self, scan: ScanData) -> None:
         self.check(scan)
-        if self._writer is None:
-            self.first, self._object = scan, scan.object
+        if self.first is None:
+            self.first = scan
             self._writer = self._stack.enter_context(
                 growing_scan_writer(
                     self.path,
@@ -356,12 +356,9 @@ class Spool:
                     background=scan.background,
                 )  # fmt: skip
             )
-        elif self._object is not None and not (
-            scan.object is not None
-            and scan.object.shape == self._object.shape
-            and np.array_equal(scan.object, self._object)
-        ):
-            self._object = None
+        else:
+            self._one_object = self._one_object and same_object(scan, self.first)
+        assert self._writer is not None
         self._writer.append(np.asarray(scan.diffraction[:], dtype=np.float32), scan.positions_px)
         self._positions.append(scan.positions_px)
         self.n_patterns += scan.n_patterns
@@ -383,7 +380,7 @@ class Spool:
             nominal_positions_px=None,
             scan_index=None,
             patches=None,
-            object=self._object,
+            object=self._reference,
             source=self.scan_name,
         )
 
@@ -402,7 +399,11 @@ class Spool:
             raise DataError("the scan ended before any pattern arrived")
         self.close()
         scan = read_scan_h5(self.path)
-        return dataclasses.replace(scan, object=self._object, source=self.scan_name)
+        return dataclasses.replace(scan, object=self._reference, source=self.scan_name)
+
+    @property
+    def _reference(self) -> np.ndarray | None:
+        return self.first.object if self.first is not None and self._one_object else None
 
     @property
     def scan_name(self) -> str:

@@ -107,12 +107,15 @@ class GrowingFile:
         if not self.reader.open():
             return []
         written = self.reader.path.stat().st_mtime
-        arrivals = []
-        while (scan := self.reader.new_rows()) is not None:
-            arrivals.append(
-                Arrival(Path(scan.source).name, written, functools.partial(_same, scan))
+        name = self.reader.path.name
+        return [
+            Arrival(
+                f"{name}[{rows.start}:{rows.stop}]",
+                written,
+                functools.partial(self.reader.read, rows),
             )
-        return arrivals
+            for rows in self.reader.new_blocks()
+        ]
 
     def ended(self) -> bool:
         return self.reader.complete()

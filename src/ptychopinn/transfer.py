@@ -96,8 +96,7 @@ def compatibility(bundle: Bundle, scan: ScanData) -> list[str]:
             f"its probe differs from the model's training probe (intensity overlap "
             f"{similarity:.2f} < {PROBE_SIMILARITY_LIMIT})"
         )
-    record = bundle.manifest.get("run", {}).get("training_data", {})
-    trained_step = float(record.get("step_px") or 0.0)
+    trained_step = _positive(_run_record(bundle).get("training_data", {}).get("step_px")) or 0.0
     step = _finite(median_spacing_px(scan.positions_px))
     if trained_step > 0 and step > 0:
         ratio = step / trained_step
@@ -238,12 +237,8 @@ def _training_module(
 
 def trained_r_factor(bundle: Bundle) -> float | None:
     """The R-factor the network reached at the end of training (validation, else training)."""
-    run = bundle.manifest.get("run", {}) if isinstance(bundle.manifest, dict) else {}
-    for key in ("val_r_factor", "train_r_factor"):
-        value = run.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-            return float(value)
-    return None
+    run = _run_record(bundle)
+    return _positive(run.get("val_r_factor")) or _positive(run.get("train_r_factor"))
 
 
 def network_fit_ratio(
@@ -272,8 +267,20 @@ def network_fit_ratio(
 
 def trained_fit_ratio(bundle: Bundle) -> float | None:
     """:func:`network_fit_ratio` of the network on its measured training scan, if recorded."""
-    run = bundle.manifest.get("run", {}) if isinstance(bundle.manifest, dict) else {}
-    value = (run.get("training_data") or {}).get("network_fit_ratio")
+    return _positive(_run_record(bundle).get("training_data", {}).get("network_fit_ratio"))
+
+
+def _run_record(bundle: Bundle) -> dict[str, Any]:
+    """The manifest's ``run`` record: how the model was trained (empty if not recorded)."""
+    run = bundle.manifest.get("run") if isinstance(bundle.manifest, dict) else None
+    if not isinstance(run, dict):
+        return {}
+    data = run.get("training_data")
+    return run if isinstance(data, dict) else {**run, "training_data": {}}
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a float when it is a finite positive number (None otherwise)."""
     if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
         return float(value)
     return None

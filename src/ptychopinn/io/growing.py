@@ -62,9 +62,9 @@ class GrowingScanReader:
     """New rows of a growing chunked HDF5 scan, read in SWMR mode.
 
     :meth:`open` returns None until the writer has the file in SWMR mode (HDF5 refuses a
-    reader before that); :meth:`new_rows` then gives the rows that arrived since the last
-    call as a :class:`ScanData` of their own (its patterns in memory; the probe, mask and
-    background are the file's).
+    reader before that); :meth:`new_blocks` then gives the rows that arrived since the last
+    call, which :meth:`read` reads as a :class:`ScanData` of their own (its patterns in
+    memory; the probe, mask and background are the file's).
     """
 
     def __init__(self, path: Path, units: UnitsRequest = "auto", max_rows: int = 4096):
@@ -136,20 +136,26 @@ class GrowingScanReader:
             lengths.append(int(dataset.shape[0]))
         return min(lengths)
 
-    def new_rows(self) -> ScanData | None:
-        """The rows that arrived since the last call (at most ``max_rows``), or None."""
-        end = min(self.available(), self.n_read + self.max_rows)
-        if end <= self.n_read:
-            return None
-        rows = slice(self.n_read, end)
+    def new_blocks(self) -> list[slice]:
+        """The rows that arrived since the last call, in blocks of at most ``max_rows`` (each
+        read with :meth:`read`)."""
+        end = self.available()
+        blocks = [
+            slice(start, min(start + self.max_rows, end))
+            for start in range(self.n_read, end, self.max_rows)
+        ]
+        self.n_read = max(self.n_read, end)
+        return blocks
+
+    def read(self, rows: slice) -> ScanData:
+        """Rows ``rows`` as a scan of their own (patterns in memory; the file's probe, mask
+        and background)."""
         arrays = {key: np.asarray(self._file[key][rows]) for key in GROWING}
         arrays.update(self._fixed)
-        source = f"{self.path}[{rows.start}:{rows.stop}]"
-        self.n_read = end
-        return scan_from_arrays(arrays, source, self._units)
+        return scan_from_arrays(arrays, f"{self.path}[{rows.start}:{rows.stop}]", self._units)
 
     def complete(self) -> bool:
-        """The writer set ``scan_complete`` and every row has been read."""
+        """The writer set ``scan_complete`` and every row has been handed out."""
         if self._file is None or COMPLETE not in self._file:
             return False
         flag = self._file[COMPLETE]

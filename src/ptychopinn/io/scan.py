@@ -290,13 +290,14 @@ def concatenate(scans: list[ScanData]) -> ScanData:
         positions_px=np.concatenate([s.positions_px for s in scans]),
         nominal_positions_px=np.concatenate(known) if len(known) == len(scans) else None,
         scan_index=np.concatenate([np.asarray(s.scan_index) for s in scans]),
-        object=first.object if all(_same_object(s, first) for s in scans) else None,
+        object=first.object if all(same_object(s, first) for s in scans) else None,
         patches=None,
         source=f"{first.source} + {len(scans) - 1} more",
     )
 
 
-def _same_object(scan: ScanData, first: ScanData) -> bool:
+def same_object(scan: ScanData, first: ScanData) -> bool:
+    """Whether both scans carry the same reference object."""
     return (
         scan.object is not None
         and first.object is not None

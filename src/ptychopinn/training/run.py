@@ -126,6 +126,8 @@ def train(
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics.update(training_s=elapsed, epochs=trainer.current_epoch, steps=trainer.global_step)
         if trainer.is_global_zero:
+            if config.model.mode == "unsupervised":
+                record.update(_network_fit(config, normalization, module, measured))
             run = {
                 "recipe": recipe,
                 "accelerator": accelerator,
@@ -136,8 +138,6 @@ def train(
             save_bundle(
                 bundle_path, config, normalization, module.net, module.physics.probe, run=run
             )
-            if config.model.mode == "unsupervised":
-                _record_network_fit(bundle_path, measured, run, accelerator)
             logger.info("wrote %s (%.1f s of training)", bundle_path, elapsed)
     best = checkpoint.best_model_path
     return TrainingRun(
@@ -311,24 +311,22 @@ def _trainer(
     return trainer, checkpoint
 
 
-def _record_network_fit(
-    bundle_path: Path, scan: ScanData, run: dict[str, Any], accelerator: str
-) -> None:
-    """Add the trained network's fit on its measured scan to the bundle's training record
-    (what ``infer --adapt auto`` compares a new scan's fit with)."""
-    from ptychopinn.bundle import load_bundle
-    from ptychopinn.device import torch_device
+def _network_fit(
+    config: Config, normalization: Normalization, module: Any, scan: ScanData
+) -> dict[str, float]:
+    """The trained network's fit on its measured scan, for the bundle's training record (what
+    ``infer --adapt auto`` compares a new scan's fit with); empty if it cannot be computed."""
+    from ptychopinn.bundle import Bundle
     from ptychopinn.transfer import network_fit_ratio
 
-    device = torch_device(accelerator)
-    bundle = load_bundle(bundle_path, map_location=device)
+    probe = module.physics.probe
+    bundle = Bundle(config, normalization, module.net, probe, {})  # the network is copied
     try:
-        ratio = network_fit_ratio(bundle, scan, device)
-    except (PtychoPINNError, RuntimeError, ValueError) as exc:  # the model is saved regardless
+        ratio = network_fit_ratio(bundle, scan, probe.device)
+    except (PtychoPINNError, RuntimeError, ValueError) as exc:  # the model is saved without it
         logger.warning("the network's fit on its training scan was not recorded (%s)", exc)
-        return
+        return {}
     if ratio is None:
-        return
-    run["training_data"] = {**run.get("training_data", {}), "network_fit_ratio": round(ratio, 4)}
-    save_bundle(bundle_path, bundle.config, bundle.normalization, bundle.net, bundle.probe, run=run)
+        return {}
     logger.info("the network explains its training scan %.2f times its noise floor", ratio)
+    return {"network_fit_ratio": round(ratio, 4)}
