@@ -204,7 +204,8 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="scan NPZ, chunked HDF5, CXI, tike/pty-chi NPZ or Ptychodus .h5")
+    p.add_argument("input", help="scan NPZ, chunked HDF5, CXI, tike/pty-chi NPZ or Ptychodus "
+                   ".h5; with --reader, a beamline's raw file")  # fmt: skip
     p.add_argument("output", help="*.npz (scan NPZ, or --layout tike), *.h5 (chunked) or *.cxi")
     _flag(p, "--detector_crop", type=POSITIVE_INT, default=None, metavar="PIXELS",
           help="keep this many detector pixels around the zero frequency (object pixels grow; "
@@ -216,9 +217,19 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--no_centre_correction", action="store_true",
           help="leave a measured diffraction-centre offset alone (default: the probe gets the "
           "matching phase ramp)")  # fmt: skip
+    _flag(p, "--reader", default=None, metavar="NAME",
+          help="read the input with this Ptychodus diffraction reader (a beamline's raw files: "
+          "NSLS_II_1, APS_Velociprobe, MAX_IV_NanoMAX, SLS_cSAXS, LCLS_XPP, ...; an unknown "
+          "name lists them)")  # fmt: skip
+    _flag(p, "--positions_file", default=None, metavar="FILE",
+          help="with --reader: the file holding the positions (default: the input)")  # fmt: skip
+    _flag(p, "--positions_reader", default=None, metavar="NAME",
+          help="with --reader: Ptychodus position reader of that file (default: --reader)")  # fmt: skip
     _flag(p, "--probe", default=None, metavar="FILE",
           help="NPZ whose probeGuess (or probe) replaces the input's, at the input detector's "
-          "size or the output's")  # fmt: skip
+          "size or the output's; with --probe_reader, any probe file Ptychodus reads")  # fmt: skip
+    _flag(p, "--probe_reader", default=None, metavar="NAME",
+          help="Ptychodus probe reader of --probe (NPY, CSV, fold_slice_mat, CXI, HDF5, ...)")  # fmt: skip
     _flag(p, "--probe_modes", type=POSITIVE_INT, default=None, metavar="K",
           help="give the probe K incoherent modes (extra ones small, for infer --refine_probe "
           "to shape)")  # fmt: skip

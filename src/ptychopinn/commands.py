@@ -93,7 +93,16 @@ def run_convert(args: argparse.Namespace) -> int:
     from ptychopinn.convert import ConvertOptions, convert
 
     probe = None
-    if args.probe:
+    if args.probe_reader and not args.probe:
+        raise ConfigError("--probe_reader reads the file given by --probe FILE")
+    for flag in ("positions_file", "positions_reader"):
+        if getattr(args, flag) and not args.reader:
+            raise ConfigError(f"--{flag} goes with --reader NAME (a Ptychodus reader)")
+    if args.probe_reader:
+        from ptychopinn.io.beamline import read_probe
+
+        probe = read_probe(args.probe, args.probe_reader)
+    elif args.probe:
         probe = _probe_file(args.probe, ("probeGuess", "probe"))
         probe = probe.reshape(-1, *probe.shape[-2:]) if probe.ndim > 2 else probe[None]
     options = ConvertOptions(
@@ -113,6 +122,9 @@ def run_convert(args: argparse.Namespace) -> int:
         flip_positions=args.flip_positions,
         swap_positions=args.swap_positions,
         layout=args.layout,
+        reader=args.reader,
+        positions_file=args.positions_file,
+        positions_reader=args.positions_reader,
     )
     convert(args.input, args.output, options, overwrite=args.overwrite)
     return 0

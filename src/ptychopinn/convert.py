@@ -51,6 +51,12 @@ class ConvertOptions:
         (about the scan's centre), for a stage whose axes run against the detector's
     swap_positions : exchange the positions' x and y (a stage mounted turned by 90 degrees)
     layout : ``ptychopinn`` or ``tike`` for an ``.npz`` output
+    reader : read the input with this Ptychodus diffraction reader (``NSLS_II_1``,
+        ``APS_Velociprobe``, ...; :mod:`ptychopinn.io.beamline`); the geometry given then
+        completes or overrides what the file records
+    positions_file, positions_reader : where the positions are and the Ptychodus reader of
+        that file (default: the input and ``reader``)
+        (the probe: ``probe``, else the input's, read by ``reader``'s probe reader)
     """
 
     detector_crop: int | None = None
@@ -69,15 +75,27 @@ class ConvertOptions:
     flip_positions: str = ""
     swap_positions: bool = False
     layout: str = "ptychopinn"
+    reader: str | None = None
+    positions_file: str | None = None
+    positions_reader: str | None = None
 
-    def geometry(self) -> dict[str, float]:
+    def given_geometry(self) -> dict[str, float]:
+        """The energy, distance and detector pixel given (any of them)."""
         given = {
             "photon_energy_eV": self.photon_energy_eV,
             "detector_distance_m": self.detector_distance_m,
             "detector_pixel_m": self.detector_pixel_m,
         }
-        known = {k: float(v) for k, v in given.items() if v is not None}
+        return {k: float(v) for k, v in given.items() if v is not None}
+
+    def geometry(self) -> dict[str, float]:
+        """The geometry given: all three values or none (a file read by ``reader`` records
+        its own, which the given ones complete or override)."""
+        if self.reader is not None:
+            return {}
+        known = self.given_geometry()
         if known and len(known) < 3:
+            given = ("photon_energy_eV", "detector_distance_m", "detector_pixel_m")
             missing = sorted(set(given) - set(known))
             raise ConfigError(
                 f"the object pixel size needs the energy, distance and detector pixel size "
@@ -97,6 +115,8 @@ def read_input(path: str | os.PathLike[str], options: ConvertOptions) -> ScanDat
 
     p = Path(path)
     probe = options.probe
+    if options.reader is not None:
+        return _read_beamline(p, options)
     if is_cxi(p) and p.is_file():
         big = None if probe is None else _probe_on_detector(probe, pattern_size(p), options)
         return read_cxi(p, options.units, probe=big)
@@ -106,6 +126,28 @@ def read_input(path: str | os.PathLike[str], options: ConvertOptions) -> ScanDat
             scan = scan_from_tike(arrays, str(p), options.positions)  # type: ignore[arg-type]
             return _with_probe(scan, probe, options)
     return _with_probe(read_scan(p, options.units), probe, options)
+
+
+def _read_beamline(path: Path, options: ConvertOptions) -> ScanData:
+    """A raw beamline file through Ptychodus's readers (``options.reader``)."""
+    from ptychopinn.io.beamline import BeamlineFiles, read_beamline
+
+    given = options.given_geometry()
+    if given and options.pixel_size_m is not None:
+        raise ConfigError("give either --pixel_size_m or the detector geometry, not both")
+    files = BeamlineFiles(
+        path=path,
+        reader=str(options.reader),
+        positions_path=Path(options.positions_file) if options.positions_file else None,
+        positions_reader=options.positions_reader,
+        geometry=given,
+        pixel_size_m=options.pixel_size_m,
+    )
+    given_probe = options.probe
+    if given_probe is None:
+        return read_beamline(files)
+    # a probe given at the output size is resampled onto the (square) detector read
+    return read_beamline(files, lambda side: _probe_on_detector(given_probe, side, options))
 
 
 def _probe_on_detector(probe: np.ndarray, detector: int, options: ConvertOptions) -> np.ndarray:

@@ -38,19 +38,14 @@ CENTRE_TOLERANCE_PX = 0.1
 PROBE_LOSS_WARNING = 0.01
 
 
-class LazyPatterns:
-    """Array-like (M, n, n): ``fn`` applied to rows of ``base`` as they are read.
-
-    Indexing along axis 0 only (an int, a slice, or an index array), as
-    :class:`ptychopinn.io.scan.ScanData` and the writers read patterns.
+class RowArray:
+    """Base of the array-likes (M, H, W) read along axis 0 only: an int, a slice or an index
+    array, as :class:`ptychopinn.io.scan.ScanData` and the writers read patterns. A subclass
+    sets ``shape`` and ``dtype`` and reads the rows of a slice or an index array (``_rows``).
     """
 
-    def __init__(
-        self, base: Any, fn: Callable[[np.ndarray], np.ndarray], n: int, dtype: Any
-    ) -> None:
-        self.base, self.fn = base, fn
-        self.shape = (int(base.shape[0]), n, n)
-        self.dtype = np.dtype(dtype)
+    shape: tuple[int, int, int]
+    dtype: np.dtype
 
     @property
     def ndim(self) -> int:
@@ -65,7 +60,24 @@ class LazyPatterns:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self[np.asarray([key])][0]
+            return self._rows(np.asarray([key]))[0]
+        return self._rows(key)
+
+    def _rows(self, key: slice | np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LazyPatterns(RowArray):
+    """Array-like (M, n, n): ``fn`` applied to rows of ``base`` as they are read."""
+
+    def __init__(
+        self, base: Any, fn: Callable[[np.ndarray], np.ndarray], n: int, dtype: Any
+    ) -> None:
+        self.base, self.fn = base, fn
+        self.shape = (int(base.shape[0]), n, n)
+        self.dtype = np.dtype(dtype)
+
+    def _rows(self, key: slice | np.ndarray) -> np.ndarray:
         rows = self.base[key] if isinstance(key, slice) else take(self.base, np.asarray(key))
         return self.fn(np.asarray(rows)).astype(self.dtype, copy=False)
 
