@@ -143,9 +143,12 @@ def poison(monkeypatch: pytest.MonkeyPatch, stage: str, from_step: int) -> None:
     """Make the ``stage`` loss NaN from global step ``from_step`` on."""
     original = PtychoPINNModule._common_step
 
-    def step(self: PtychoPINNModule, batch: dict[str, torch.Tensor], s: str) -> torch.Tensor:
-        loss = original(self, batch, s)
-        return loss * float("nan") if s == stage and self.global_step >= from_step else loss
+    def step(
+        self: PtychoPINNModule, batch: dict[str, torch.Tensor], s: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss, r = original(self, batch, s)
+        poisoned = s == stage and self.global_step >= from_step
+        return (loss * float("nan") if poisoned else loss), r
 
     monkeypatch.setattr(PtychoPINNModule, "_common_step", step)
 
@@ -158,12 +161,14 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(
     ``--resume`` repeated the epochs since)."""
     original = PtychoPINNModule._common_step
 
-    def step(self: PtychoPINNModule, batch: dict[str, torch.Tensor], s: str) -> torch.Tensor:
+    def step(
+        self: PtychoPINNModule, batch: dict[str, torch.Tensor], s: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if s != "val":
             return original(self, batch, s)
         loss = torch.tensor(float(self.current_epoch))  # gets worse every epoch
         self.log("val_loss", loss, batch_size=batch["amplitude"].shape[0])
-        return loss
+        return loss, None
 
     monkeypatch.setattr(PtychoPINNModule, "_common_step", step)
     trainer, checkpoint = fit(scan, tmp_path, [NonFiniteLossGuard()], max_epochs=3)

@@ -216,3 +216,18 @@ def test_diffraction_units_is_no_longer_a_training_field():
 
     saved = {"model": {"N": 32}, "training": {"diffraction_units": "counts"}}
     assert Config.from_dict(migrate_saved_config(saved)).training.max_epochs == 20
+
+
+def test_the_demo_trains_the_default_recipe_within_its_time_limit():
+    """The demo is the default recipe; its time limit (which keeps it near 4 minutes on 2 CPU
+    cores) applies only when neither epochs nor a time are asked for."""
+    from ptychopinn.demo import DEMO_TRAINING_S, demo_config
+
+    plain = demo_config(None, None, 0, "cpu")
+    assert plain.training.max_time == DEMO_TRAINING_S
+    assert (
+        dataclasses.replace(plain.training, max_time=None, accelerator="auto") == TrainingConfig()
+    )
+    assert plain.model == ModelConfig(N=64)
+    assert demo_config(5, None, 0, "cpu").training.max_time is None
+    assert demo_config(None, 60.0, 0, "cpu").training.max_time == 60.0

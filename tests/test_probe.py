@@ -63,14 +63,21 @@ def test_probe_refinement_recovers_a_defocused_estimate(scan):
 
 
 def test_probe_refinement_costs_nothing_when_the_probe_is_right(scan):
+    """On average over refinement shuffles: one run from a flat start differs from the next by
+    up to 0.01 in phase SSIM (a float rounding change moved one from -0.004 to -0.012); the
+    mean of three was -0.003 either way."""
     norm = Normalization.from_scan(scan)
     truth = normalize_probe(torch.from_numpy(scan.probe))
-    fixed, _, _ = refine(scan, truth, norm, None, RefineOptions(n_iter=100, batch_size=16))
-    learned, probe, _ = refine(
-        scan, truth, norm, None, RefineOptions(n_iter=100, batch_size=16, probe_lr=0.1)
-    )
-    assert _phase_ssim(learned, scan) > _phase_ssim(fixed, scan) - 0.01
-    assert _overlap(probe, truth) > 0.99
+    costs = []
+    for seed in range(3):
+        fixed, _, _ = refine(
+            scan, truth, norm, None, RefineOptions(n_iter=100, batch_size=16, seed=seed)
+        )
+        opts = RefineOptions(n_iter=100, batch_size=16, probe_lr=0.1, seed=seed)
+        learned, probe, _ = refine(scan, truth, norm, None, opts)
+        costs.append(_phase_ssim(fixed, scan) - _phase_ssim(learned, scan))
+        assert _overlap(probe, truth) > 0.99
+    assert np.mean(costs) < 0.01
 
 
 @pytest.mark.slow

@@ -305,7 +305,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--refine_from", choices=["network", "flat"], default="network",
           help="refinement start: the network's reconstruction or a flat object (network)")  # fmt: skip
     _flag(p, "--batch_size", type=POSITIVE_INT, default=None,
-          help="network inputs per forward pass (default 32 on a CPU, 256 on a GPU)")  # fmt: skip
+          help="network inputs per forward pass (default 64 on a CPU, 256 on a GPU)")  # fmt: skip
     _flag(p, "--n_groups", "--n_images", type=POSITIVE_INT, default=None,
           help="number of groups to predict (default: all)")  # fmt: skip
     _flag(p, "--gridsize", type=int, default=None, help="must match the model's (checked)")
@@ -379,7 +379,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "--output_dir", default="ptychopinn_demo", help="output directory (ptychopinn_demo)")
     _flag(p, "--max_epochs", "--nepochs", type=POSITIVE_INT, default=None,
           help="training epochs (default: the default recipe's)")  # fmt: skip
-    _flag(p, "--max_time", type=POSITIVE, default=None, help="stop training after this [s]")
+    _flag(p, "--max_time", type=POSITIVE, default=None,
+          help="stop training after this [s] (default: 195 s unless --max_epochs is given, so "
+          "the demo ends within about 4 minutes on 2 CPU cores)")  # fmt: skip
     p.add_argument("--seed", type=SEED, default=0, help="random seed (0)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
     _flag(p, "--accelerator", choices=ACCELERATORS, default="auto",

@@ -78,11 +78,13 @@ def shift(img: Tensor, t: Tensor) -> Tensor:
     t = t.to(real_dtype)
     fy = _frequencies(h, img.device, real_dtype)
     fx = _frequencies(w, img.device, real_dtype)
-    ty = t[..., 0][..., None, None]
-    tx = t[..., 1][..., None, None]
-    phase = -2.0 * math.pi * (ty * fy[:, None] + tx * fx[None, :])  # (..., H, W)
-    ramp = torch.polar(torch.ones_like(phase), phase)
-    out = torch.fft.ifft2(torch.fft.fft2(img) * ramp)
+    # the ramp is separable: exp(-2 pi i (ty fy + tx fx)) = ramp_y (..., H, 1) * ramp_x (..., 1, W)
+    # (two short polar calls and one complex product instead of a polar over (..., H, W))
+    phase_y = -2.0 * math.pi * t[..., 0, None] * fy  # (..., H)
+    phase_x = -2.0 * math.pi * t[..., 1, None] * fx  # (..., W)
+    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)[..., :, None]
+    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)[..., None, :]
+    out = torch.fft.ifft2(torch.fft.fft2(img) * ramp_y * ramp_x)
     return out.real if real else out.to(img.dtype)
 
 

@@ -78,6 +78,8 @@ class PtychoPINNModule(L.LightningModule):
         self.register_buffer("background", background, persistent=False)
         self._epoch_start = 0.0
         self._epoch_patterns = 0
+        self._train_sums: Tensor | None = None  # (loss, R-factor) summed over the epoch's batches
+        self._train_count = 0.0
 
     def forward(self, amplitude: Tensor) -> Tensor:
         """Complex object patches (B, P, N, N) from normalised amplitudes (B, P, N, N).
@@ -98,9 +100,12 @@ class PtychoPINNModule(L.LightningModule):
         """Checkpoints of earlier versions name some weights differently."""
         checkpoint["state_dict"] = migrate_state_dict(checkpoint["state_dict"], "net.")
 
-    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor | None]:
+        """The loss of a batch and its amplitude R-factor (None when supervised); the
+        validation metrics logged (the training ones once per epoch, :meth:`training_step`)."""
         x = batch["amplitude"]  # (B, C, N, N)
         patches = self(x)  # (B, C, N, N) complex
+        r: Tensor | None = None
         if self.cfg.model.mode == "supervised":
             support = self.physics.support
             loss = ((patches - batch["patches"]).abs() * support).sum() / (
@@ -109,14 +114,15 @@ class PtychoPINNModule(L.LightningModule):
         else:
             loss, predicted = self.likelihood(patches, x, batch["offsets"])
             r = r_factor(predicted.detach(), x, self.good_pixels)
-            self.log(f"{stage}_r_factor", r, batch_size=x.shape[0], sync_dist=True)
-        batch_size = x.shape[0]
-        # mean over ranks (one scalar all-reduce per step under DDP)
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         if stage != "train":
+            batch_size = x.shape[0]
+            # mean over ranks (one scalar all-reduce per step under DDP)
+            self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+            if r is not None:
+                self.log(f"{stage}_r_factor", r, batch_size=batch_size, sync_dist=True)
             variation = output_variation(patches.detach(), self.physics.support)
             self.log(f"{stage}_output_variation", variation, batch_size=batch_size, sync_dist=True)
-        return loss
+        return loss, r
 
     def likelihood(self, patches: Tensor, x: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
         """The unsupervised loss of object ``patches`` (B, P, N, N) against the measured
@@ -133,26 +139,50 @@ class PtychoPINNModule(L.LightningModule):
         return loss, predicted
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        self._epoch_patterns += batch["amplitude"].shape[0] * batch["amplitude"].shape[1]
-        return self._common_step(batch, "train")
+        amplitude = batch["amplitude"]
+        self._epoch_patterns += amplitude.shape[0] * amplitude.shape[1]
+        loss, r = self._common_step(batch, "train")
+        # the epoch's means, summed on the device (a log call per step costs ~1 ms on a CPU,
+        # 2-3 % of a step); logged at the epoch's last batch
+        b = float(amplitude.shape[0])
+        sums = torch.stack([loss.detach() * b, (r if r is not None else loss.detach()) * b])
+        self._train_sums = sums if self._train_sums is None else self._train_sums + sums
+        self._train_count += b
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self._log_training_epoch()
+        return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "val")
+        return self._common_step(batch, "val")[0]
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_patterns = 0
+        self._train_sums, self._train_count = None, 0.0
 
-    def on_train_epoch_end(self) -> None:
+    def _log_training_epoch(self) -> None:
+        """The epoch's mean training loss and R-factor, and its throughput (validation left
+        out); every rank trains on its own share of the batches: the throughput is their sum."""
+        if self._train_sums is None:
+            return
+        loss, r = self._train_sums / self._train_count
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        if self.cfg.model.mode != "supervised":
+            self.log("train_r_factor", r, on_step=False, on_epoch=True, sync_dist=True)
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-        # every rank trains on its own share of the batches: the throughput is their sum
         self.log(
             "patterns_per_s",
             self._epoch_patterns / elapsed,
             prog_bar=True,
+            on_step=False,
+            on_epoch=True,
             sync_dist=True,
             reduce_fx="sum",
         )
+        self._train_sums = None  # logged
+
+    def on_train_epoch_end(self) -> None:
+        self._log_training_epoch()  # an epoch cut short (max_time) has not logged its means
 
     def on_validation_epoch_end(self) -> None:
         variation = self.trainer.callback_metrics.get("val_output_variation")
