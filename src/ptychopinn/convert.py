@@ -53,10 +53,10 @@ class ConvertOptions:
     layout : ``ptychopinn`` or ``tike`` for an ``.npz`` output
     reader : read the input with this Ptychodus diffraction reader (``NSLS_II_1``,
         ``APS_Velociprobe``, ...; :mod:`ptychopinn.io.beamline`); the geometry given then
-        completes or overrides what the file records
+        completes or overrides what the file records, and the probe is ``probe`` or else the
+        input's own, read by the probe reader of the same name
     positions_file, positions_reader : where the positions are and the Ptychodus reader of
         that file (default: the input and ``reader``)
-        (the probe: ``probe``, else the input's, read by ``reader``'s probe reader)
     """
 
     detector_crop: int | None = None

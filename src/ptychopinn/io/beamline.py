@@ -255,6 +255,8 @@ def read_beamline(
         raise DataError(f"{files.path}: Ptychodus's {files.reader} reader found no patterns")
     h = int(metadata.detector_extent.height_px)
     w = int(metadata.detector_extent.width_px)
+    if h <= 0 or w <= 0:  # a reader that leaves the extent to its arrays
+        h, w = (int(v) for v in np.shape(dataset[0].get_patterns())[-2:])
     pos_name = files.positions_reader or files.reader
     pos_strategy = _strategy(registry, "positions", pos_name)
     pos_path = Path(files.positions_path or files.path)
