@@ -181,6 +181,16 @@ def test_png_colour_bar_is_labelled_and_a_scale_bar_drawn_with_a_pixel_size(tmp_
     assert (corner.min(axis=2) > 200).sum() > 40
 
 
+def test_scale_bar_font_draws_the_micro_sign():
+    """'µm' labels: the font has a glyph for µ (Pillow's built-in font drew its missing-glyph
+    box, the same as for a private-use character)."""
+    from ptychopinn.io.images import _font
+
+    font = _font(300)
+    micro, missing = font.getmask("µ"), font.getmask("\ue000")
+    assert np.asarray(micro).tolist() != np.asarray(missing).tolist()
+
+
 def test_reconstruction_pngs_take_their_range_from_the_well_lit_region(tmp_path):
     """A barely lit border of extreme values does not set the range, and a phase near pi
     on a steep ramp (the global phase is arbitrary, a ramp is a shift of the diffraction

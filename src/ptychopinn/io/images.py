@@ -110,9 +110,17 @@ def _font(height: int) -> Any:
     """A small font for the labels (None: the image is too low for them)."""
     if height < MIN_LABELLED_HEIGHT:
         return None
+    from pathlib import Path
+
+    import matplotlib
     from PIL import ImageFont
 
-    return ImageFont.load_default(size=max(10, min(16, height // 30)))
+    size = max(10, min(16, height // 30))
+    # matplotlib's DejaVu Sans has the micro sign of "µm"; Pillow's built-in font draws a box
+    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if dejavu.is_file():
+        return ImageFont.truetype(str(dejavu), size=size)
+    return ImageFont.load_default(size=size)
 
 
 def _text_width(font: Any, text: str) -> int:
