@@ -108,12 +108,9 @@ class LiveCanvas:
         not from the canvas, so it does not compound along an axis the scan does not grow)."""
         n = self.bundle.config.model.N
         nearest = np.round(positions)
-        self._lo = (
-            nearest.min(axis=0) if self._lo is None else np.minimum(self._lo, nearest.min(axis=0))
-        )
-        self._hi = (
-            nearest.max(axis=0) if self._hi is None else np.maximum(self._hi, nearest.max(axis=0))
-        )
+        low, high = nearest.min(axis=0), nearest.max(axis=0)
+        self._lo = low if self._lo is None else np.minimum(self._lo, low)
+        self._hi = high if self._hi is None else np.maximum(self._hi, high)
         need = CanvasGeometry.covering(positions, n)
         old = self.stitcher.geometry if self.stitcher is not None else None
         if old is not None and _contains(old, need):

@@ -319,9 +319,9 @@ def adapted_if_new(
         return bundle, None
     logger.info(
         "the network's answer explains the patterns %.1f times worse than their noise allows "
-        "(R-factor %.3f; %.3f on its training data): a new kind of sample, adapting the model "
+        "(R-factor %.3f; %s on its training data): a new kind of sample, adapting the model "
         "to this scan for %d steps (--adapt 0: never)",
-        fit.ratio, fit.r_factor, trained, steps,
+        fit.ratio, fit.r_factor, "not recorded" if trained is None else f"{trained:.3f}", steps,
     )  # fmt: skip
     adapted, record = adapt(bundle, scan, steps=steps, device=device)
     record.update(
